@@ -1,0 +1,51 @@
+"""lvsfw: firewall marks and IPVS fwmark services for LVS directors, kept in agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from lvsfw import registry
+from lvsfw.enums import Family, Forwarding, Protocol, Scheduler
+from lvsfw.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    ConflictError,
+    DriftError,
+    LvsfwError,
+    ParseError,
+    ValidationError,
+)
+from lvsfw.model import Bundle, FirewallMark, RealServer, VirtualService
+from lvsfw.ports import PortBundle, PortRange
+from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
+
+
+def render(bundles: Iterable[Bundle], backend: str) -> str:
+    """The text backend ``backend`` would load for ``bundles`` (conflict-checked first)."""
+    return registry.get(backend)().render(bundles)
+
+
+__all__ = [
+    "BackendUnavailable",
+    "Bundle",
+    "CommandFailed",
+    "ConflictError",
+    "DriftError",
+    "Family",
+    "FirewallMark",
+    "Forwarding",
+    "FwmarkService",
+    "LvsfwError",
+    "MarkRule",
+    "ParseError",
+    "PortBundle",
+    "PortRange",
+    "Protocol",
+    "RealServer",
+    "Scheduler",
+    "Specification",
+    "ValidationError",
+    "VirtualService",
+    "render",
+    "specify",
+]

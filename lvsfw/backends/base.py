@@ -1,0 +1,64 @@
+"""What every backend offers: render (pure), and for live backends apply, read and remove."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from typing import ClassVar
+
+from lvsfw.model import Bundle
+from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
+
+
+class Backend(abc.ABC):
+    """A target lvsfw renders bundles to.
+
+    ``netns`` names the network namespace a live backend works in (None: the current one).
+    """
+
+    #: The name the registry and ``render(bundles, name)`` know this backend by.
+    name: ClassVar[str]
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    @classmethod
+    def available(cls) -> None:
+        """Raise :class:`lvsfw.errors.BackendUnavailable` saying why this backend cannot run."""
+        return  # usable unless a subclass says otherwise
+
+    def render(self, bundles: Iterable[Bundle]) -> str:
+        """The text this backend would load for ``bundles`` (conflict-checked first)."""
+        return self.render_spec(specify(bundles))
+
+    @abc.abstractmethod
+    def render_spec(self, spec: Specification) -> str:
+        """The text this backend would load for ``spec``."""
+
+
+class PacketFilter(Backend):
+    """A backend that marks packets: parses its own text back and drives a live kernel."""
+
+    @abc.abstractmethod
+    def parse(self, text: str) -> frozenset[MarkRule]:
+        """The mark rules lvsfw owns in ``text`` (rendered or dumped by the kernel tool)."""
+
+    @abc.abstractmethod
+    def apply(self, spec: Specification) -> None:
+        """Make lvsfw's own rules in the kernel equal ``spec``, atomically."""
+
+    @abc.abstractmethod
+    def read(self) -> frozenset[MarkRule]:
+        """The mark rules lvsfw owns in the live kernel."""
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Remove everything this backend owns in the kernel, and nothing else."""
+
+
+class ServiceBackend(Backend):
+    """A backend holding IPVS fwmark services."""
+
+    @abc.abstractmethod
+    def parse(self, text: str) -> frozenset[FwmarkService]:
+        """The fwmark services in ``text`` (rendered or dumped by the kernel tool)."""

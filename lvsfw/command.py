@@ -1,0 +1,48 @@
+"""Running the kernel tools: argv lists through ``sh``, never a shell string."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sh
+
+from lvsfw.errors import BackendUnavailable, CommandFailed
+from lvsfw.netns import check_netns
+
+
+def netns_argv(argv: Sequence[str], netns: str | None) -> list[str]:
+    """``argv`` prefixed to run inside network namespace ``netns`` (None: the current one)."""
+    if netns is None:
+        return list(argv)
+    check_netns(netns)
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    stdin: str | None = None,
+    install_hint: str = "",
+) -> str:
+    """Run ``argv`` (in ``netns``) and return its stdout.
+
+    Raises :class:`CommandFailed` with the tool's stderr on a non-zero exit status, and
+    :class:`BackendUnavailable` (with ``install_hint``) when the program is not installed.
+    """
+    full = netns_argv(argv, netns)
+    try:
+        command = sh.Command(full[0])
+    except sh.CommandNotFound as exc:
+        hint = f"; {install_hint}" if install_hint else ""
+        raise BackendUnavailable(f"{full[0]} not found{hint}") from exc
+    try:
+        out = command(*full[1:], _in=stdin, _tty_out=False, _env=_ENV)
+    except sh.ErrorReturnCode as exc:
+        stderr = exc.stderr.decode(errors="replace") or exc.stdout.decode(errors="replace")
+        raise CommandFailed(full, exc.exit_code, stderr) from None
+    return str(out)
+
+
+# The tools' messages are parsed and shown: make them the same on every machine.
+_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}

@@ -1,0 +1,304 @@
+"""The inert model: marks, real servers, virtual services and the bundles that tie them.
+
+Nothing here performs I/O or knows about a backend. Every class is an attrs frozen class whose
+converters accept plain values and whose validators raise :class:`lvsfw.errors.ValidationError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any, Union
+
+import attrs
+
+from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler, address_key
+from lvsfw.errors import ValidationError
+from lvsfw.ports import PortBundle, PortsLike
+
+MAX_MARK = 2**32 - 1
+MAX_WEIGHT = 65535
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
+
+
+def _u32(field: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_MARK:
+        raise ValidationError(field, value, f"an integer {low}..{MAX_MARK}")
+    return value
+
+
+def parse_address(field: str, value: object) -> IPAddress:
+    """An IPv4 or IPv6 address from ``value``; :class:`ValidationError` names ``field``."""
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return value
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_address(value.strip())
+        except ValueError:
+            pass
+    raise ValidationError(
+        field, value, "an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::10"
+    )
+
+
+@attrs.frozen(order=True)
+class FirewallMark:
+    """A netfilter mark: ``value`` 1..2**32-1, inside ``mask`` (default all 32 bits).
+
+    With a narrower mask, lvsfw sets only the mask's bits; IPVS still matches the packet's
+    whole mark, so other users of the remaining bits must leave them zero on balanced packets.
+    """
+
+    value: int = attrs.field()
+    mask: int = attrs.field(default=MAX_MARK)
+
+    @value.validator
+    def _value(self, attribute: attrs.Attribute[int], value: int) -> None:
+        _u32("mark", value, 1)
+
+    @mask.validator
+    def _mask(self, attribute: attrs.Attribute[int], mask: int) -> None:
+        _u32("mark mask", mask, 1)
+        if self.value & ~mask:
+            raise ValidationError(
+                "mark mask", hex(mask), f"a mask covering every bit of mark {hex(self.value)}"
+            )
+
+    @classmethod
+    def parse(cls, value: object) -> FirewallMark:
+        """From a FirewallMark, an int, or text ``"80"``, ``"0x50"``, ``"0x50/0xff"``."""
+        if isinstance(value, FirewallMark):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(value)
+        if isinstance(value, str):
+            text, _, mask = value.strip().partition("/")
+            try:
+                return cls(int(text, 0), int(mask, 0) if mask else MAX_MARK)
+            except ValueError:
+                pass
+        raise ValidationError("mark", value, f"an integer 1..{MAX_MARK} or 'value/mask'")
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __str__(self) -> str:
+        return str(self.value) if self.mask == MAX_MARK else f"{self.value:#x}/{self.mask:#x}"
+
+
+def _weight(instance: Any, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WEIGHT:
+        raise ValidationError(attribute.name, value, f"an integer 0..{MAX_WEIGHT}")
+
+
+def _threshold(instance: Any, attribute: attrs.Attribute[int], value: object) -> None:
+    _u32(attribute.name, value, 0)
+
+
+def _server_address(value: object) -> IPAddress:
+    return parse_address("real server address", value)
+
+
+def _forwarding(value: object) -> Forwarding:
+    return Forwarding.parse(value, "forwarding")
+
+
+def _scheduler(value: object) -> Scheduler:
+    return Scheduler.parse(value, "scheduler")
+
+
+@attrs.frozen(order=True)
+class RealServer:
+    """A real server of a fwmark service; it carries no port (``ADDR:0``).
+
+    ``weight`` 0..65535 (0 quiesces it), ``forwarding`` route (direct routing, the default),
+    masq (NAT) or tunnel, ``upper_threshold``/``lower_threshold`` connection limits (0 = none).
+    """
+
+    address: IPAddress = attrs.field(converter=_server_address, order=address_key)
+    weight: int = attrs.field(default=1, validator=_weight)
+    forwarding: Forwarding = attrs.field(default=Forwarding.ROUTE, converter=_forwarding)
+    upper_threshold: int = attrs.field(default=0, validator=_threshold)
+    lower_threshold: int = attrs.field(default=0, validator=_threshold)
+
+    @property
+    def family(self) -> Family:
+        """The real server's address family."""
+        return Family.of(self.address)
+
+    @classmethod
+    def parse(cls, value: object) -> RealServer:
+        """From a RealServer, an address, or a mapping of RealServer's fields."""
+        if isinstance(value, RealServer):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {a.name for a in attrs.fields(cls)}
+            if unknown:
+                raise ValidationError("real server", value, f"no unknown keys {sorted(unknown)}")
+            if "address" not in value:
+                raise ValidationError("real server", value, "an 'address' key")
+            return cls(**value)
+        return cls(value)
+
+
+def _persistence(instance: Any, attribute: attrs.Attribute[int | None], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MARK:
+        raise ValidationError("persistence", value, f"None or a timeout in seconds 1..{MAX_MARK}")
+
+
+def _netmask(value: object) -> int:
+    """A v4 persistence netmask as a prefix length, from 24, "24" or "255.255.255.0"."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 32:
+        return value
+    if isinstance(value, str):
+        try:
+            return ipaddress.IPv4Network(f"0.0.0.0/{value.strip()}").prefixlen
+        except ValueError:
+            pass
+    raise ValidationError("persistence_netmask", value, "a prefix length 0..32 or a netmask")
+
+
+def _prefix6(instance: Any, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise ValidationError("persistence_prefix", value, "a prefix length 1..128")
+
+
+def _real_servers(value: object) -> tuple[RealServer, ...]:
+    if isinstance(value, (str, RealServer, dict)) or not isinstance(value, Iterable):
+        value = [value]
+    servers = tuple(sorted(RealServer.parse(v) for v in value))
+    seen: set[IPAddress] = set()
+    for server in servers:
+        if server.address in seen:
+            raise ValidationError("real_servers", str(server.address), "each address once")
+        seen.add(server.address)
+    return servers
+
+
+@attrs.frozen
+class VirtualService:
+    """The IPVS half of a bundle: a fwmark virtual service.
+
+    ``scheduler`` (wlc by default), ``persistence`` timeout in seconds (None: no persistence),
+    ``persistence_netmask`` (IPv4 prefix length for ``-M``, 32 by default),
+    ``persistence_prefix`` (IPv6 prefix length, 128 by default), ``real_servers``.
+    """
+
+    scheduler: Scheduler = attrs.field(default=Scheduler.WLC, converter=_scheduler)
+    persistence: int | None = attrs.field(default=None, validator=_persistence)
+    persistence_netmask: int = attrs.field(default=32, converter=_netmask)
+    persistence_prefix: int = attrs.field(default=128, validator=_prefix6)
+    real_servers: tuple[RealServer, ...] = attrs.field(default=(), converter=_real_servers)
+
+    def for_family(self, family: Family) -> VirtualService:
+        """This service with only the real servers of ``family``."""
+        servers = tuple(s for s in self.real_servers if s.family == family)
+        return attrs.evolve(self, real_servers=servers)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise ValidationError("name", value, "1..28 characters from [A-Za-z0-9_.-]")
+    return value
+
+
+def _vips(value: object) -> tuple[IPAddress, ...]:
+    if isinstance(value, (str, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        value = [value]
+    if not isinstance(value, Iterable):
+        raise ValidationError("vips", value, "one address or a list of addresses")
+    vips = [parse_address("vips", v) for v in value]
+    if not vips:
+        raise ValidationError("vips", value, "at least one address")
+    if len(set(vips)) != len(vips):
+        raise ValidationError("vips", [str(v) for v in vips], "each address once")
+    return tuple(sorted(vips, key=address_key))
+
+
+def _ports(value: object) -> PortBundle:
+    return value if isinstance(value, PortBundle) else PortBundle(value)
+
+
+def _mark(value: object) -> FirewallMark:
+    return FirewallMark.parse(value)
+
+
+MarkLike = Union[FirewallMark, int, str]
+_NO_SERVICE_KWARGS = object()
+
+
+@attrs.frozen(init=False)
+class Bundle:
+    """One multi-port LVS service: VIPs and ports that share ``mark``, plus its IPVS service.
+
+    ``name`` 1..28 characters of ``[A-Za-z0-9_.-]`` (it reaches rule comments), ``vips`` one or
+    more IPv4/IPv6 addresses (both families: a dual-stack bundle, two IPVS services on one mark),
+    ``ports`` a :class:`PortBundle` or its text, ``mark`` a :class:`FirewallMark` or an int.
+    The IPVS half is ``service`` or, for convenience, the keywords of :class:`VirtualService`.
+    """
+
+    name: str = attrs.field(converter=_name)
+    vips: tuple[IPAddress, ...] = attrs.field(converter=_vips)
+    ports: PortBundle = attrs.field(converter=_ports)
+    mark: FirewallMark = attrs.field(converter=_mark)
+    service: VirtualService = attrs.field()
+
+    def __init__(
+        self,
+        name: str,
+        vips: str | IPAddress | Iterable[str | IPAddress],
+        ports: PortsLike,
+        mark: MarkLike,
+        service: VirtualService | None = None,
+        **service_fields: Any,
+    ) -> None:
+        if service is None:
+            known = {a.name for a in attrs.fields(VirtualService)}
+            unknown = sorted(set(service_fields) - known)
+            if unknown:
+                raise ValidationError("Bundle keyword", unknown[0], f"one of {sorted(known)}")
+            service = VirtualService(**service_fields)
+        elif service_fields:
+            raise ValidationError(
+                "Bundle keyword",
+                sorted(service_fields)[0],
+                "either service= or its fields, not both",
+            )
+        if not isinstance(service, VirtualService):
+            raise ValidationError("service", service, "a VirtualService")
+        self.__attrs_init__(name, vips, ports, mark, service)
+        self._check_families()
+
+    def _check_families(self) -> None:
+        families = self.families
+        for server in self.service.real_servers:
+            if server.family not in families:
+                raise ValidationError(
+                    "real_servers",
+                    str(server.address),
+                    f"an address of the bundle's VIP families ({', '.join(map(str, families))})"
+                    f" in bundle {self.name!r}",
+                )
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The address families of the VIPs, IPv4 first."""
+        return tuple(sorted({Family.of(v) for v in self.vips}))
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """Shortcut for ``service.scheduler``."""
+        return self.service.scheduler
+
+    @property
+    def persistence(self) -> int | None:
+        """Shortcut for ``service.persistence``."""
+        return self.service.persistence
+
+    @property
+    def real_servers(self) -> tuple[RealServer, ...]:
+        """Shortcut for ``service.real_servers``."""
+        return self.service.real_servers

@@ -1,0 +1,50 @@
+"""The backend registry: a plain dict, filled from the ``lvsfw.backends`` entry points."""
+
+from __future__ import annotations
+
+import importlib
+
+from lvsfw.backends.base import Backend
+from lvsfw.errors import BackendUnavailable, ValidationError
+
+GROUP = "lvsfw.backends"
+
+#: The backends lvsfw ships, used when its own entry points are not installed (a source tree).
+BUILTIN = {
+    "iptables-legacy": "lvsfw.backends.iptables:IptablesLegacy",
+    "iptables-nft": "lvsfw.backends.iptables:IptablesNft",
+    "nftables": "lvsfw.backends.nftables:Nftables",
+    "ipvs": "lvsfw.backends.ipvs:Ipvs",
+    "keepalived": "lvsfw.backends.keepalived:Keepalived",
+}
+
+
+def _targets() -> dict[str, str]:
+    targets = dict(BUILTIN)
+    found = importlib.metadata.entry_points()
+    if hasattr(found, "select"):
+        group = list(found.select(group=GROUP))
+    else:  # Python 3.9 returns a dict of groups
+        group = list(found.get(GROUP, ()))
+    targets.update({ep.name: ep.value for ep in group})
+    return targets
+
+
+def names() -> list[str]:
+    """Every backend name known, built in or from a plugin."""
+    return sorted(_targets())
+
+
+def get(name: str) -> type[Backend]:
+    """The backend class registered as ``name``."""
+    target: str | None = _targets().get(name) if isinstance(name, str) else None
+    if target is None:
+        raise ValidationError("backend", name, f"one of {', '.join(names())}")
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BackendUnavailable(f"backend {name!r} ({target}) cannot be loaded: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendUnavailable(f"backend {name!r} ({target}) is not an lvsfw Backend")
+    return cls
