@@ -44,8 +44,18 @@ class PacketFilter(Backend):
         """The mark rules lvsfw owns in ``text`` (rendered or dumped by the kernel tool)."""
 
     @abc.abstractmethod
+    def check(self, spec: Specification) -> None:
+        """Have the kernel validate loading ``spec`` without changing anything.
+
+        Raises :class:`lvsfw.errors.CommandFailed` carrying the kernel tool's own message.
+        """
+
+    @abc.abstractmethod
     def apply(self, spec: Specification) -> None:
-        """Make lvsfw's own rules in the kernel equal ``spec``, atomically."""
+        """Make lvsfw's own rules in the kernel equal ``spec``, atomically.
+
+        Writes nothing when the live rules already equal ``spec``.
+        """
 
     @abc.abstractmethod
     def read(self) -> frozenset[MarkRule]:
