@@ -119,7 +119,7 @@ class PortBundle:
             m = _GROUP.match(group)
             if m is None:
                 raise ParseError("ports", group, 'expected "protocol:port[,port|first-last]..."')
-            protocol = Protocol.parse(m.group(1), "ports protocol")
+            protocol = Protocol.parse(m.group(1), "protocol")
             for spec in m.group(2).split(","):
                 pm = _PORT.match(spec)
                 if pm is None:
