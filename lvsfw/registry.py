@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from importlib import import_module, metadata
 
 from lvsfw.backends.base import Backend
 from lvsfw.errors import BackendUnavailable, ValidationError
@@ -21,7 +21,7 @@ BUILTIN = {
 
 def _targets() -> dict[str, str]:
     targets = dict(BUILTIN)
-    found = importlib.metadata.entry_points()
+    found = metadata.entry_points()
     if hasattr(found, "select"):
         group = list(found.select(group=GROUP))
     else:  # Python 3.9 returns a dict of groups
@@ -42,7 +42,7 @@ def get(name: str) -> type[Backend]:
         raise ValidationError("backend", name, f"one of {', '.join(names())}")
     module_name, _, attr = target.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = getattr(import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise BackendUnavailable(f"backend {name!r} ({target}) cannot be loaded: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):

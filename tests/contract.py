@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 
 from lvsfw import LvsfwError, registry, specify
 from lvsfw.backends.base import PacketFilter
@@ -25,6 +25,7 @@ class PacketFilterContract:
         assert isinstance(backend, PacketFilter)
         return backend
 
+    @settings(suppress_health_check=[HealthCheck.differing_executors])
     @given(strategies.bundles())
     def test_render_parse_round_trip(self, bundles: list[Bundle]) -> None:
         """Every (family, vip, protocol, port) is marked with its bundle's mark, nothing else."""
@@ -33,6 +34,7 @@ class PacketFilterContract:
         parsed = backend.parse(backend.render_spec(spec))
         assert normalize(parsed) == normalize(spec.rules)
 
+    @settings(suppress_health_check=[HealthCheck.differing_executors])
     @given(strategies.junk_text)
     def test_parse_junk_raises_only_lvsfw_errors(self, text: str) -> None:
         """Random text either parses or raises an LvsfwError; nothing else escapes."""
