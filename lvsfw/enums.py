@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from typing import Self, TypeVar, Union
+from typing import TypeVar, Union
 
 from lvsfw.errors import ValidationError
 
@@ -22,7 +22,7 @@ class _Choice(str, enum.Enum):
     """A string enum whose ``parse`` raises :class:`ValidationError` naming the field."""
 
     @classmethod
-    def parse(cls, value: object, field: str) -> Self:
+    def parse(cls: type[_E], value: object, field: str) -> _E:
         """Return the member for ``value`` (a member or its name, any case)."""
         if isinstance(value, cls):
             return value
