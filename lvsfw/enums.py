@@ -79,7 +79,7 @@ class Scheduler(_Choice):
     MH = "mh"
     FO = "fo"
     OVF = "ovf"
-    TWOS = "twos"
+    TWOS = "twos"  # ip_vs_twos: newer kernels only (not Debian 12's 6.1)
 
 
 class Forwarding(_Choice):

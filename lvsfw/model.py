@@ -19,6 +19,8 @@ from lvsfw.ports import PortBundle, PortsLike
 
 MAX_MARK = 2**32 - 1
 MAX_WEIGHT = 65535
+MAX_PERSISTENCE = 31 * 24 * 3600  # ipvsadm's limit: 2678400 s
+MAX_THRESHOLD = 2**31 - 1
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
 
 
@@ -93,7 +95,8 @@ def _weight(instance: Any, attribute: attrs.Attribute[int], value: object) -> No
 
 
 def _threshold(instance: Any, attribute: attrs.Attribute[int], value: object) -> None:
-    _u32(attribute.name, value, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_THRESHOLD:
+        raise ValidationError(attribute.name, value, f"an integer 0..{MAX_THRESHOLD} (0: none)")
 
 
 def _server_address(value: object) -> IPAddress:
@@ -145,8 +148,10 @@ class RealServer:
 def _persistence(instance: Any, attribute: attrs.Attribute[int | None], value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_MARK:
-        raise ValidationError("persistence", value, f"None or a timeout in seconds 1..{MAX_MARK}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PERSISTENCE:
+        raise ValidationError(
+            "persistence", value, f"None or a timeout in seconds 1..{MAX_PERSISTENCE}"
+        )
 
 
 def _netmask(value: object) -> int:
@@ -194,9 +199,19 @@ class VirtualService:
     real_servers: tuple[RealServer, ...] = attrs.field(default=(), converter=_real_servers)
 
     def for_family(self, family: Family) -> VirtualService:
-        """This service with only the real servers of ``family``."""
+        """This service as IPVS keeps it for ``family``.
+
+        Only the real servers of ``family``, and only that family's persistence mask (the other
+        one, and both when there is no persistence, at their defaults).
+        """
         servers = tuple(s for s in self.real_servers if s.family == family)
-        return attrs.evolve(self, real_servers=servers)
+        v4, persistent = family == Family.IPV4, self.persistence is not None
+        return attrs.evolve(
+            self,
+            real_servers=servers,
+            persistence_netmask=self.persistence_netmask if v4 and persistent else 32,
+            persistence_prefix=self.persistence_prefix if not v4 and persistent else 128,
+        )
 
 
 def _name(value: object) -> str:

@@ -42,8 +42,8 @@ def real_servers(family: int) -> st.SearchStrategy[RealServer]:
         ipv4 if family == 4 else ipv6,
         weight=st.integers(0, 65535),
         forwarding=st.sampled_from(list(Forwarding)),
-        upper_threshold=st.integers(0, 2**32 - 1),
-        lower_threshold=st.integers(0, 2**32 - 1),
+        upper_threshold=st.integers(0, 2**31 - 1),
+        lower_threshold=st.integers(0, 2**31 - 1),
     )
 
 

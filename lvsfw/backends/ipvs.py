@@ -1,0 +1,494 @@
+"""IPVS fwmark virtual services through ``ipvsadm`` (argv lists, never a shell).
+
+Text format: the one ``ipvsadm -S -n`` prints and ``ipvsadm -R`` reads (ipvsadm 1.31)::
+
+    -A -f 80 -s wlc -p 300
+    -a -f 80 -r 10.0.0.11:0 -g -w 1
+    -A -f 80 -6 -s wlc -p 300 -M 64
+    -a -f 80 -6 -r [2001:db8::11]:0 -i -w 1 --tun-type ipip
+
+``-M`` only with ``-p`` and not at its default (v4 dotted netmask, v6 prefix length).
+``ipvsadm -S`` never prints the ``-x``/``-y`` thresholds: the rendered text adds them
+(``ipvsadm -R`` takes them) and :meth:`Ipvs.read` reads them from ``ipvsadm -L -n --thresholds``.
+IPVS has no transactions: :meth:`Ipvs.plan` is a diff whose steps carry their inverses, and
+:meth:`Ipvs.apply` undoes its done steps when one fails, or returns their undo commands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn, Union
+
+import attrs
+
+from lvsfw.backends.base import ServiceBackend
+from lvsfw.command import run
+from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler
+from lvsfw.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    ConflictError,
+    LvsfwError,
+    ParseError,
+    ValidationError,
+)
+from lvsfw.model import RealServer, VirtualService
+from lvsfw.rules import FwmarkService, Specification
+
+INSTALL_HINT = "apt-get install ipvsadm"
+#: ipvsadm's messages when the kernel has no IPVS (module missing or not loadable).
+NO_IPVS = ("Protocol not available", "Can't initialize ipvs", "Module ip_vs not found")
+_FLAGS = {"-g": Forwarding.ROUTE, "-m": Forwarding.MASQ, "-i": Forwarding.TUNNEL}
+_FOREIGN = {"-t", "-u", "--sctp-service", "-q", "--tcp-service", "--udp-service"}
+_UNMODELLED = {"--pe", "-b", "-o", "ops", "--ops", "--tun-port", "--tun-nocsum", "--tun-csum"}
+
+#: A service lvsfw may touch: (family, mark), or a bare mark meaning both families.
+OwnedLike = Union[tuple[Family, int], int]
+Key = tuple[Family, int]
+Argv = tuple[str, ...]
+Runner = Callable[[Sequence[str]], str]
+Plan = list[list[str]]
+SpecLike = Union[Specification, Iterable[FwmarkService]]
+
+
+def canonical(service: FwmarkService) -> FwmarkService:
+    """``service`` as the kernel keeps it (see :meth:`VirtualService.for_family`)."""
+    return attrs.evolve(service, service=service.service.for_family(service.family))
+
+
+@attrs.frozen
+class Dump:
+    """What a ``ipvsadm -S`` text holds: the fwmark ``services`` lvsfw can model; the
+    ``foreign`` ``-A`` lines of address:port services (never touched); the ``unmodelled``
+    fwmark services (``--pe``, ``-b``, GUE tunnels, ...) by (family, mark), with the reason."""
+
+    services: frozenset[FwmarkService]
+    foreign: tuple[str, ...] = ()
+    unmodelled: dict[Key, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Step:
+    """One ipvsadm call (``argv`` without the program) and the calls undoing it."""
+
+    argv: Argv
+    undo: tuple[Argv, ...]
+
+
+def _key_args(family: Family, mark: int) -> Argv:
+    return ("-f", str(mark), "-6") if family == Family.IPV6 else ("-f", str(mark))
+
+
+def _service_args(family: Family, vs: VirtualService) -> Argv:
+    args = ["-s", vs.scheduler.value]
+    if vs.persistence is not None:
+        args += ["-p", str(vs.persistence)]
+        if family == Family.IPV4 and vs.persistence_netmask != 32:
+            net = ipaddress.IPv4Network(f"0.0.0.0/{vs.persistence_netmask}")
+            args += ["-M", str(net.netmask)]
+        elif family == Family.IPV6 and vs.persistence_prefix != 128:
+            args += ["-M", str(vs.persistence_prefix)]
+    return tuple(args)
+
+
+def _address(address: IPAddress) -> str:
+    return f"[{address}]:0" if address.version == 6 else f"{address}:0"
+
+
+def _server_args(server: RealServer, thresholds: bool) -> Argv:
+    """``-r ADDR:0 -g -w W`` then ``-x``/``-y`` (when set, or always if ``thresholds``)."""
+    limits = (("-x", server.upper_threshold), ("-y", server.lower_threshold))
+    extra = [arg for flag, n in limits if thresholds or n for arg in (flag, str(n))]
+    head = ("-r", _address(server.address), server.forwarding.ipvsadm_flag)
+    return (*head, "-w", str(server.weight), *extra)
+
+
+def _sorted(services: Iterable[FwmarkService]) -> list[FwmarkService]:
+    """In ``ipvsadm -S`` order: by mark, IPv4 before IPv6."""
+    return sorted(services, key=lambda s: (s.mark, s.family))
+
+
+def render_services(services: Iterable[FwmarkService]) -> str:
+    """``ipvsadm -R`` text for ``services``, as ``ipvsadm -S -n`` prints them."""
+    lines = []
+    for fs in _sorted(canonical(s) for s in services):
+        key = _key_args(fs.family, fs.mark)
+        lines.append(("-A", *key, *_service_args(fs.family, fs.service)))
+        for server in fs.service.real_servers:
+            args = _server_args(server, thresholds=False)
+            tun = ("--tun-type", "ipip") if server.forwarding == Forwarding.TUNNEL else ()
+            lines.append(("-a", *key, *args[:5], *tun, *args[5:]))
+    return "".join(" ".join(line) + "\n" for line in lines)
+
+
+class _Line:
+    """The options of one ``-A``/``-a`` line, consumed as they are interpreted."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.command, *tokens = text.split()
+        self.options: dict[str, str] = {}
+        self.switches: set[str] = set()
+        rest = iter(tokens)
+        for token in rest:
+            if token in {"-6", "-g", "-m", "-i", "-o", "ops", "--ops", "--tun-nocsum"}:
+                self.switches.add(token)
+            elif token.startswith("-") and token not in self.options:
+                self.options[token] = next(rest, "")
+            else:
+                self.fail(f"unexpected {token!r}")
+
+    def fail(self, reason: str) -> NoReturn:
+        raise ParseError("ipvsadm", self.text, reason)
+
+    def number(self, option: str, default: int, low: int = 0, high: int = 2**32 - 1) -> int:
+        """The integer value of ``option`` (``default`` when absent)."""
+        if option not in self.options:
+            return default
+        text = self.options.pop(option)
+        try:
+            value = int(text, 10)
+        except ValueError:
+            self.fail(f"{option} {text!r} is not an integer")
+        if not low <= value <= high:
+            self.fail(f"{option} {value} is not in {low}..{high}")
+        return value
+
+    def unmodelled(self, switches: set[str]) -> str | None:
+        """Why lvsfw cannot model this line's remaining options (None: it can); ``switches``
+        are the option-less flags valid on this line besides the unmodelled ones."""
+        stray = sorted(self.switches - switches - _UNMODELLED)
+        if stray:
+            self.fail(f"unexpected {stray[0]!r}")
+        odd = sorted((set(self.options) | self.switches) & _UNMODELLED)
+        tun = self.options.pop("--tun-type", "ipip")
+        if tun != "ipip":
+            odd.append(f"--tun-type {tun}")
+        rest = sorted(set(self.options) - _UNMODELLED)
+        if rest:
+            self.fail(f"unknown option {rest[0]!r}")
+        return f"uses {', '.join(odd)}" if odd else None
+
+
+def _parse_service(line: _Line) -> tuple[Key, VirtualService | None, str | None]:
+    family, mark = _parse_key(line)
+    scheduler = Scheduler.parse(line.options.pop("-s", "wlc"), "scheduler")
+    persistence = line.number("-p", 0, 1) or None
+    netmask, prefix = 32, 128
+    if "-M" in line.options:
+        if persistence is None:
+            line.fail("-M without -p")
+        if family == Family.IPV6:
+            prefix = line.number("-M", 128, 1, 128)
+        else:
+            try:
+                netmask = ipaddress.IPv4Network(f"0.0.0.0/{line.options.pop('-M')}").prefixlen
+            except ValueError:
+                return (family, mark), None, "uses a non-contiguous -M netmask"
+    reason = line.unmodelled({"-6"})
+    return (family, mark), VirtualService(scheduler, persistence, netmask, prefix), reason
+
+
+def _parse_server(line: _Line, family: Family) -> tuple[RealServer, str | None]:
+    text = line.options.pop("-r", "")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        line.fail(f"-r {text!r} is not ADDRESS:PORT")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        line.fail(f"-r {text!r} has no valid address")
+    methods = [_FLAGS[s] for s in ("-g", "-m", "-i") if s in line.switches]
+    if len(methods) > 1:
+        line.fail("more than one forwarding method")
+    server = RealServer(
+        address,
+        weight=line.number("-w", 1, 0, 65535),
+        forwarding=methods[0] if methods else Forwarding.ROUTE,
+        upper_threshold=line.number("-x", 0),
+        lower_threshold=line.number("-y", 0),
+    )
+    reason = line.unmodelled({"-6", "-g", "-m", "-i"})
+    if int(port) != 0:
+        reason = f"has real server {text} with a port"
+    elif Family.of(address) != family:
+        reason = f"has a real server {text} of another family"
+    return server, reason
+
+
+class _Dumper:
+    """Collects the services of a ``ipvsadm -S`` text line by line."""
+
+    def __init__(self) -> None:
+        self.services: dict[Key, VirtualService] = {}
+        self.servers: dict[Key, dict[IPAddress, RealServer]] = {}
+        self.foreign: list[str] = []
+        self.unmodelled: dict[Key, str] = {}
+
+    def service(self, line: _Line) -> None:
+        key, vs, reason = _parse_service(line)
+        if key in self.services or key in self.unmodelled:
+            line.fail("service defined twice")
+        if vs is None or reason:
+            self.unmodelled[key] = reason or "unmodelled"
+        else:
+            self.services[key], self.servers[key] = vs, {}
+
+    def server(self, line: _Line) -> None:
+        key = _parse_key(line)
+        if key in self.unmodelled:
+            return
+        if key not in self.services:
+            line.fail("real server of an undefined service")
+        server, reason = _parse_server(line, key[0])
+        if server.address in self.servers[key]:
+            line.fail("real server defined twice")
+        self.servers[key][server.address] = server
+        if reason:
+            self.unmodelled[key] = reason
+            del self.services[key], self.servers[key]
+
+    def dump(self) -> Dump:
+        found = frozenset(
+            FwmarkService(f, m, attrs.evolve(vs, real_servers=tuple(self.servers[(f, m)].values())))
+            for (f, m), vs in self.services.items()
+        )
+        return Dump(found, tuple(self.foreign), self.unmodelled)
+
+
+def parse_dump(text: str) -> Dump:
+    """Parse ``ipvsadm -S`` output (or :func:`render_services` text); junk is a ParseError."""
+    dumper = _Dumper()
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        line = _Line(stripped)
+        if line.command not in {"-A", "-a"}:
+            line.fail("expected -A or -a")
+        if set(line.options) & _FOREIGN:
+            if line.command == "-A":
+                dumper.foreign.append(stripped)
+            continue
+        try:
+            (dumper.service if line.command == "-A" else dumper.server)(line)
+        except ValidationError as exc:
+            raise ParseError("ipvsadm", stripped, str(exc)) from None
+    return dumper.dump()
+
+
+def _parse_key(line: _Line) -> Key:
+    mark = line.number("-f", 0, -(2**31), 2**32 - 1) & 0xFFFFFFFF  # ipvsadm prints %d
+    if mark == 0:
+        line.fail("a fwmark service needs -f 1..4294967295")
+    return (Family.IPV6 if "-6" in line.switches else Family.IPV4, mark)
+
+
+def parse_thresholds(text: str) -> dict[Key, dict[IPAddress, tuple[int, int]]]:
+    """(upper, lower) threshold per real server of each fwmark service, from the output of
+    ``ipvsadm -L -n --thresholds`` (``FWM  80 [IPv6] ...`` then ``  -> ADDR:0 U L A I``)."""
+    found: dict[Key, dict[IPAddress, tuple[int, int]]] = {}
+    current: dict[IPAddress, tuple[int, int]] | None = None
+    for raw in text.splitlines():
+        tokens = raw.split()
+        try:
+            if tokens[:1] == ["FWM"]:
+                family = Family.IPV6 if tokens[2:3] == ["IPv6"] else Family.IPV4
+                current = found.setdefault((family, int(tokens[1]) & 0xFFFFFFFF), {})
+            elif tokens[:1] == ["->"] and tokens[1] != "RemoteAddress:Port" and current is not None:
+                host = tokens[1].rpartition(":")[0].strip("[]")
+                current[ipaddress.ip_address(host)] = (int(tokens[2]), int(tokens[3]))
+            elif tokens and tokens[0] in {"TCP", "UDP", "SCTP"}:
+                current = None
+        except (IndexError, ValueError):
+            raise ParseError("ipvsadm --thresholds", raw, "unexpected line") from None
+    return found
+
+
+def _owned(owned: Iterable[OwnedLike]) -> set[Key]:
+    """(family, mark) pairs; a bare mark stands for both families."""
+    pairs = (item if isinstance(item, tuple) else (f, item) for item in owned for f in Family)
+    return {(Family.parse(f, "owned family"), int(m)) for f, m in pairs}
+
+
+def _add_steps(fs: FwmarkService) -> list[Step]:
+    key = _key_args(fs.family, fs.mark)
+    steps = [Step(("-A", *key, *_service_args(fs.family, fs.service)), (("-D", *key),))]
+    for server in fs.service.real_servers:
+        steps.append(_add_server(key, server))
+    return steps
+
+
+def _add_server(key: Argv, server: RealServer) -> Step:
+    remove = ("-d", *key, "-r", _address(server.address))
+    return Step(("-a", *key, *_server_args(server, False)), (remove,))
+
+
+def _edit_server(key: Argv, old: RealServer, new: RealServer) -> Step:
+    return Step(("-e", *key, *_server_args(new, True)), (("-e", *key, *_server_args(old, True)),))
+
+
+def _edit_steps(old: FwmarkService, new: FwmarkService) -> list[Step]:
+    key = _key_args(new.family, new.mark)
+    steps = []
+    before, after = _service_args(old.family, old.service), _service_args(new.family, new.service)
+    if before != after:
+        steps.append(Step(("-E", *key, *after), (("-E", *key, *before),)))
+    was = {s.address: s for s in old.service.real_servers}
+    now = {s.address: s for s in new.service.real_servers}
+    steps += [_add_server(key, s) for a, s in now.items() if a not in was]
+    steps += [_edit_server(key, was[a], s) for a, s in now.items() if a in was and s != was[a]]
+    adds = [_add_server(key, s) for a, s in was.items() if a not in now]
+    steps += [Step(add.undo[0], (add.argv,)) for add in adds]  # deletes
+    return steps
+
+
+def _delete_step(fs: FwmarkService) -> Step:
+    key = _key_args(fs.family, fs.mark)
+    return Step(("-D", *key), tuple(s.argv for s in _add_steps(fs)))
+
+
+def diff(live: Dump, services: Iterable[FwmarkService], owned: Iterable[OwnedLike]) -> list[Step]:
+    """The steps turning ``live`` into ``services``, touching only ``owned`` (family, mark)s.
+
+    Raises :class:`ConflictError` when a wanted service exists but is not owned, or when an
+    owned service uses options lvsfw does not model (changing it would lose them).
+    """
+    mine = _owned(owned)
+    want = {(s.family, s.mark): canonical(s) for s in services}
+    have = {(s.family, s.mark): s for s in live.services}
+    for key in sorted(want.keys() | mine):
+        if key in live.unmodelled:
+            why = f"{live.unmodelled[key]}, which lvsfw does not model; change it by hand"
+        elif key in want and key in have and key not in mine:
+            why = "is not lvsfw's and lvsfw never changes foreign services (or pass it as owned)"
+        else:
+            continue
+        raise ConflictError(f"IPVS service fwmark {key[1]} ({key[0]}) {why}", str(key[1]))
+    steps: list[Step] = []
+    for fs in _sorted(want.values()):
+        old = have.get((fs.family, fs.mark))
+        steps += _add_steps(fs) if old is None else _edit_steps(old, fs)
+    for fs in _sorted(have.values()):
+        if (fs.family, fs.mark) in mine and (fs.family, fs.mark) not in want:
+            steps.append(_delete_step(fs))
+    return steps
+
+
+def _services(spec: SpecLike) -> frozenset[FwmarkService]:
+    return spec.services if isinstance(spec, Specification) else frozenset(spec)
+
+
+class Ipvs(ServiceBackend):
+    """IPVS fwmark services through ``ipvsadm``.
+
+    ``ipvsadm`` is the program to run (a path, so tests can use a double); ``runner``, if
+    given, replaces :func:`lvsfw.command.run` and receives full argv lists.
+    """
+
+    name = "ipvs"
+
+    def __init__(
+        self, netns: str | None = None, ipvsadm: str = "ipvsadm", runner: Runner | None = None
+    ) -> None:
+        super().__init__(netns)
+        self.ipvsadm = ipvsadm
+        self.runner = runner
+
+    @classmethod
+    def available(cls) -> None:
+        """Raise :class:`BackendUnavailable` if ``ipvsadm`` is not installed."""
+        if shutil.which("ipvsadm", path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin") is None:
+            raise BackendUnavailable(f"ipvsadm not found; {INSTALL_HINT}")
+
+    def render_spec(self, spec: Specification) -> str:
+        """``ipvsadm -R`` text for the services of ``spec`` (``ipvsadm -S -n`` form)."""
+        return render_services(spec.services)
+
+    def parse(self, text: str) -> frozenset[FwmarkService]:
+        """The fwmark services lvsfw can model in ``ipvsadm -S`` text (see :func:`parse_dump`)."""
+        return parse_dump(text).services
+
+    def run(self, args: Sequence[str], stdin: str | None = None) -> str:
+        """Run ``ipvsadm args`` (in ``self.netns``) and return its output.
+
+        Raises :class:`BackendUnavailable` when ipvsadm is missing ("ipvsadm not found;
+        apt-get install ipvsadm") or the kernel has no IPVS, else :class:`CommandFailed`.
+        """
+        argv = [self.ipvsadm, *args]
+        try:
+            if self.runner is not None:
+                return self.runner(argv)
+            return run(argv, netns=self.netns, stdin=stdin, install_hint=INSTALL_HINT)
+        except CommandFailed as exc:
+            if any(text in exc.stderr for text in NO_IPVS):
+                raise BackendUnavailable(
+                    f"the kernel has no IPVS ({exc.stderr.strip().splitlines()[0]}); load it "
+                    "with 'modprobe ip_vs' (CONFIG_IP_VS) in the network namespace's host"
+                ) from exc
+            raise
+
+    def read_dump(self) -> Dump:
+        """The live IPVS table, thresholds included (two reads: ``-S`` and ``--thresholds``)."""
+        dump = parse_dump(self.run(["-S", "-n"]))
+        limits = parse_thresholds(self.run(["-L", "-n", "--thresholds"]))
+        services = set()
+        for fs in dump.services:
+            found = limits.get((fs.family, fs.mark), {})
+            limit = {
+                a: {"upper_threshold": u, "lower_threshold": lo} for a, (u, lo) in found.items()
+            }
+            servers = [attrs.evolve(s, **limit.get(s.address, {})) for s in fs.service.real_servers]
+            services.add(attrs.evolve(fs, service=attrs.evolve(fs.service, real_servers=servers)))
+        return attrs.evolve(dump, services=frozenset(services))
+
+    def read(self) -> frozenset[FwmarkService]:
+        """The live fwmark services lvsfw can model (foreign ones: :meth:`read_dump`)."""
+        return self.read_dump().services
+
+    def plan(self, spec: SpecLike, owned: Iterable[OwnedLike], live: Dump | None = None) -> Plan:
+        """The ipvsadm argv lists :meth:`apply` would run (``live``: a snapshot, else read)."""
+        steps = diff(self.read_dump() if live is None else live, _services(spec), owned)
+        return [[self.ipvsadm, *step.argv] for step in steps]
+
+    def apply(self, spec: SpecLike, owned: Iterable[OwnedLike]) -> Plan:
+        """Make the live services equal ``spec`` for every owned or wanted (family, mark).
+
+        Returns the argv lists undoing what was done (pass them to :meth:`undo`). If a step
+        fails, the steps already done are undone and the error is re-raised.
+        """
+        done: list[Step] = []
+        try:
+            for step in diff(self.read_dump(), _services(spec), owned):
+                self.run(step.argv)
+                done.append(step)
+        except LvsfwError as exc:
+            for failure in self._undo(_inverse(done)):
+                exc.add_note(f"rollback step failed: {failure}")
+            raise
+        return [[self.ipvsadm, *argv] for argv in _inverse(done)]
+
+    def remove(self, owned: Iterable[OwnedLike]) -> Plan:
+        """Delete the live services of ``owned`` (family, mark)s; return the undo argv lists."""
+        return self.apply(frozenset(), owned)
+
+    def undo(self, commands: Iterable[Sequence[str]]) -> None:
+        """Run undo ``commands`` (full argv lists from :meth:`apply`), every one of them even
+        after a failure; then raise the first failure."""
+        for failure in self._undo(tuple(command[1:]) for command in commands)[:1]:
+            raise failure
+
+    def _undo(self, commands: Iterable[Argv]) -> list[LvsfwError]:
+        failures: list[LvsfwError] = []
+        for argv in commands:
+            try:
+                self.run(argv)
+            except LvsfwError as exc:
+                failures.append(exc)
+        return failures
+
+
+def _inverse(done: Sequence[Step]) -> list[Argv]:
+    return [argv for step in reversed(done) for argv in step.undo]
