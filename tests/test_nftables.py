@@ -340,9 +340,9 @@ def test_live_apply_read_diff_remove(netns: str, monkeypatch: pytest.MonkeyPatch
     backend.apply(specify([web2, FTP]))
     assert writes.sent[-1] == {
         "nftables": [
-            {"delete": nftmod._obj("element", name="mark4", elem=[
+            {"delete": nftmod.table_object("element", name="mark4", elem=[
                 {"concat": ["192.0.2.10", "tcp", 443]}])},
-            {"add": nftmod._obj("element", name="mark4", elem=[
+            {"add": nftmod.table_object("element", name="mark4", elem=[
                 [{"concat": ["192.0.2.10", "tcp", 8443]}, 80]])},
         ]
     }  # fmt: skip
