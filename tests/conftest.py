@@ -14,3 +14,4 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+pytest_plugins = ["tests.conftest_kernel"]

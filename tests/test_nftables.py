@@ -308,14 +308,14 @@ class Writes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sent: list[dict[str, Any]] = []
-        real = nftmod._Context.json
+        real = nftmod.Context.json
 
         def record(ctx: Any, command: dict[str, Any], argv: tuple[str, ...]) -> Any:
             if any("list" not in c for c in command["nftables"]):
                 self.sent.append(command)
             return real(ctx, command, argv)
 
-        monkeypatch.setattr(nftmod._Context, "json", record)
+        monkeypatch.setattr(nftmod.Context, "json", record)
 
 
 @pytest.mark.kernel
