@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lvsfw import registry
+from lvsfw.director import Director
+from lvsfw.drift import Drift, Report
 from lvsfw.enums import Family, Forwarding, Protocol, Scheduler
 from lvsfw.errors import (
     BackendUnavailable,
@@ -16,6 +18,7 @@ from lvsfw.errors import (
     ValidationError,
 )
 from lvsfw.model import Bundle, FirewallMark, RealServer, VirtualService
+from lvsfw.plan import Plan
 from lvsfw.ports import PortBundle, PortRange
 from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
 
@@ -30,6 +33,8 @@ __all__ = [
     "Bundle",
     "CommandFailed",
     "ConflictError",
+    "Director",
+    "Drift",
     "DriftError",
     "Family",
     "FirewallMark",
@@ -38,10 +43,12 @@ __all__ = [
     "LvsfwError",
     "MarkRule",
     "ParseError",
+    "Plan",
     "PortBundle",
     "PortRange",
     "Protocol",
     "RealServer",
+    "Report",
     "Scheduler",
     "Specification",
     "ValidationError",

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Optional
 
+import attrs
+
+from lvsfw.enums import IPAddress, Protocol
 from lvsfw.model import Bundle
 from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
+
+
+@attrs.frozen
+class Finding:
+    """A structural departure found in the live kernel.
+
+    ``vip``/``protocol``/``port`` narrow which bundled packets it affects (None: all).
+    """
+
+    detail: str
+    vip: Optional[IPAddress] = None
+    protocol: Optional[Protocol] = None
+    port: Optional[int] = None
 
 
 class Backend(abc.ABC):
@@ -64,6 +80,22 @@ class PacketFilter(Backend):
     @abc.abstractmethod
     def remove(self) -> None:
         """Remove everything this backend owns in the kernel, and nothing else."""
+
+    def snapshot(self) -> Specification:
+        """The live rules as a specification :meth:`apply` can restore (for undo)."""
+        return Specification(self.read(), frozenset())
+
+    def findings(self, spec: Specification) -> list[Finding]:
+        """Departures from lvsfw's layout that a rule diff cannot show.
+
+        lvsfw's own table or chain damaged, its hook or jump gone, a foreign rule in the same
+        hook that overrides (or skips) its marks. The default finds nothing.
+        """
+        return []
+
+    def boot_files(self, spec: Specification) -> dict[str, str]:
+        """File name -> content of what a boot script loads to restore ``spec``."""
+        return {f"lvsfw-{self.name}.rules": self.render_spec(spec)}
 
 
 class ServiceBackend(Backend):

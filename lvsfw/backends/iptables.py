@@ -24,7 +24,7 @@ from typing import ClassVar, Optional
 
 import attrs
 
-from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.command import run
 from lvsfw.enums import Family, IPAddress, Protocol, address_key
 from lvsfw.errors import BackendUnavailable, ParseError, ValidationError
@@ -161,6 +161,26 @@ class LiveState:
             if _is_jump(line):
                 return self.prerouting[:index]
         return self.prerouting
+
+
+_SKIPPING = frozenset({"ACCEPT", "DROP", "RETURN"})
+_MARKING = frozenset({"MARK", "CONNMARK"})
+
+
+def _finding(detail: str, words: list[str]) -> Finding:
+    """A finding narrowed to the ``-d`` address, ``-p`` and single ``--dport`` of a rule."""
+
+    def value(option: str) -> Optional[str]:
+        return words[words.index(option) + 1] if option in words[:-1] else None
+
+    vip, proto, port = value("-d"), value("-p"), value("--dport")
+    try:
+        address = ipaddress.ip_address(vip.split("/")[0]) if vip else None
+    except ValueError:
+        address = None
+    protocol = Protocol(proto) if proto in {p.value for p in Protocol} else None
+    number = int(port) if port and port.isdigit() else None
+    return Finding(detail, address, protocol, number)
 
 
 def _is_jump(line: str) -> bool:
@@ -403,6 +423,40 @@ class Iptables(PacketFilter):
         if live.chain_present:
             lines += [f"-F {CHAIN}", f"-X {CHAIN}"]
         return restore_text(lines)
+
+    def snapshot(self) -> Specification:
+        """The live own chains, bundle names (from the comments) included, for undo."""
+        owners: dict[MarkRule, str] = {}
+        for family in Family:
+            for rules, comment in self.state(family, strict=True).entries:
+                owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
+        return Specification(frozenset(owners), frozenset(), owners)
+
+    def findings(self, spec: Specification) -> list[Finding]:
+        """Own chain or jump missing, unknown own rules, foreign rules skipping or overriding."""
+        found: list[Finding] = []
+        for family in {r.family for r in spec.rules}:
+            live, where = self.state(family), f"{_HEADERS[family][2:]} mangle"
+            if not live.chain_present:
+                found.append(Finding(f"{where}: chain {CHAIN} is missing"))
+            if live.jumps != 1:
+                found.append(Finding(f"{where}: PREROUTING jumps to {CHAIN} {live.jumps} times"))
+            found += [Finding(f"{where}: unexpected rule in {CHAIN}: {x}") for x in live.unknown]
+            before = live.foreign_before_jump
+            after = live.prerouting[len(before) + 1 :] if live.jump_present else ()
+            for line, targets, what in (
+                *((x, _SKIPPING, "before lvsfw's jump skips") for x in before),
+                *((x, _MARKING, "after lvsfw's jump overrides") for x in after),
+            ):
+                words = line.split()
+                target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+                if target in targets:
+                    found.append(_finding(f"foreign rule {what} its marks: {line}", words))
+        return found
+
+    def boot_files(self, spec: Specification) -> dict[str, str]:
+        """``lvsfw.rules.v4``/``.v6``: ``iptables-restore --noflush`` input per family."""
+        return {f"lvsfw.rules.v{f.value[-1]}": self.family_text(spec, f) for f in Family}
 
     def remove(self) -> None:
         """Delete the jump, flush and delete the own chain, per family; no-op when absent."""

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import json
 from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
-from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.backends.nftsyntax import (
     ADDR,
     FAMILY,
@@ -62,7 +63,7 @@ from lvsfw.netns import call_in_netns
 from lvsfw.rules import MarkRule, Specification
 
 
-class _Context:
+class Context:
     """A typed adapter over one libnftables context (the untyped ``nftables`` binding)."""
 
     def __init__(self) -> None:
@@ -91,6 +92,34 @@ class _Context:
         lib.nft_ctx_set_dry_run(ctx, dry)
 
 
+MANGLE_PRIORITY = -150
+
+
+def _mark_setter(expr: object) -> bool:
+    """Whether a rule's JSON expressions set ``meta mark`` (directly or in nested objects)."""
+    text = json.dumps(expr)
+    return '"mangle": {"key": {"meta": {"key": "mark"}}' in text
+
+
+def foreign_overrides(items: list[Any]) -> list[Finding]:
+    """Foreign prerouting base chains at priority >= mangle whose rules set the mark."""
+    late: set[tuple[str, str, str]] = set()
+    for item in items:
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not chain or (chain.get("family"), chain.get("table")) == (FAMILY, TABLE):
+            continue
+        if chain.get("hook") == "prerouting" and int(chain.get("prio", 0)) >= MANGLE_PRIORITY:
+            late.add((chain["family"], chain["table"], chain["name"]))
+    found = []
+    for item in items:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        key = (rule["family"], rule["table"], rule["chain"]) if rule else None
+        if key in late and rule and _mark_setter(rule.get("expr")):
+            where = f"{rule['family']} {rule['table']} {rule['chain']}"
+            found.append(Finding(f"foreign rule in {where} re-marks packets after lvsfw"))
+    return found
+
+
 class Nftables(PacketFilter):
     """Marks packets from interval maps in table ``inet lvsfw`` (see the module docstring)."""
 
@@ -104,15 +133,15 @@ class Nftables(PacketFilter):
     @classmethod
     def available(cls) -> None:
         """Raise BackendUnavailable when the binding or libnftables cannot be loaded."""
-        _Context()
+        Context()
 
     def _argv(self, *words: str) -> tuple[str, ...]:
         prefix = ("ip", "netns", "exec", self.netns) if self.netns else ()
         return (*prefix, "nft", *words)
 
-    def _in_netns(self, work: Callable[[_Context], T]) -> T:
+    def _in_netns(self, work: Callable[[Context], T]) -> T:
         """``work`` with a libnftables context created in this backend's namespace."""
-        return call_in_netns(self.netns, lambda: work(_Context()))
+        return call_in_netns(self.netns, lambda: work(Context()))
 
     def render_spec(self, spec: Specification) -> str:
         """The ``nft -f`` script of the whole table, in the format ``nft list`` prints."""
@@ -176,7 +205,7 @@ class Nftables(PacketFilter):
             raise ParseError("nftables", state.unresolved[0], "an element whose mark is unknown")
         return state.rules
 
-    def _exists(self, ctx: _Context) -> bool:
+    def _exists(self, ctx: Context) -> bool:
         command = {"nftables": [{"list": {"tables": {"family": FAMILY}}}]}
         listed = ctx.json(command, self._argv("-j", "list", "tables", FAMILY))
         return {"family": FAMILY, "name": TABLE} in [
@@ -185,7 +214,7 @@ class Nftables(PacketFilter):
             if "table" in item
         ]
 
-    def _live(self, ctx: _Context) -> LiveState:
+    def _live(self, ctx: Context) -> LiveState:
         if not self._exists(ctx):
             return LiveState(False)
         command = {"nftables": [{"list": TABLE_OBJ}]}
@@ -204,7 +233,7 @@ class Nftables(PacketFilter):
         """The mark rules the live table applies (empty when it is absent)."""
         return self.live_state().rules
 
-    def _plan(self, ctx: _Context, spec: Specification) -> Optional[Json]:
+    def _plan(self, ctx: Context, spec: Specification) -> Optional[Json]:
         live = self._live(ctx)
         if not live.intact:
             return self.render_json(spec, replace=live.exists)
@@ -230,7 +259,7 @@ class Nftables(PacketFilter):
     def check(self, spec: Specification) -> None:
         """Have libnftables and the kernel validate replacing the table by ``spec`` (dry run)."""
 
-        def work(ctx: _Context) -> None:
+        def work(ctx: Context) -> None:
             ctx.set_dry_run(True)
             ctx.json(self.render_json(spec, replace=True), self._argv("--check", "-j", "-f", "-"))
 
@@ -239,7 +268,7 @@ class Nftables(PacketFilter):
     def apply(self, spec: Specification) -> None:
         """Make the table equal ``spec`` in one transaction: only the difference, or nothing."""
 
-        def work(ctx: _Context) -> Optional[Json]:
+        def work(ctx: Context) -> Optional[Json]:
             transaction = self._plan(ctx, spec)
             if transaction is not None:
                 ctx.json(transaction, self._argv("-j", "-f", "-"))
@@ -247,10 +276,31 @@ class Nftables(PacketFilter):
 
         self.last_transaction = self._in_netns(work)
 
+    def findings(self, spec: Specification) -> list[Finding]:
+        """The own table missing or altered; foreign prerouting chains that re-mark packets.
+
+        A foreign base chain on the prerouting hook at lvsfw's priority (mangle, -150) or later
+        that sets ``meta mark`` may override the bundles' marks. (An ``accept`` elsewhere does
+        not skip lvsfw's chain: every base chain of a hook sees the packet.)
+        """
+
+        def work(ctx: Context) -> list[Finding]:
+            live = self._live(ctx)
+            found = [Finding(f"table {FAMILY} {TABLE}: {p}") for p in live.problems]
+            if not live.exists and spec.rules:
+                found.append(Finding(f"table {FAMILY} {TABLE} is missing"))
+            listing = ctx.json(
+                {"nftables": [{"list": {"ruleset": None}}]}, self._argv("-j", "list", "ruleset")
+            )
+            found += foreign_overrides(listing.get("nftables", []))
+            return found
+
+        return self._in_netns(work)
+
     def remove(self) -> None:
         """Delete table inet lvsfw if it exists; nothing else is touched."""
 
-        def work(ctx: _Context) -> None:
+        def work(ctx: Context) -> None:
             if self._exists(ctx):
                 argv = self._argv("delete", "table", FAMILY, TABLE)
                 ctx.json({"nftables": [{"delete": TABLE_OBJ}]}, argv)

@@ -1,0 +1,61 @@
+"""``firewall="auto"``: pick the packet filter the host already uses for mangle."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from lvsfw.command import run
+from lvsfw.errors import BackendUnavailable, ConflictError
+from lvsfw.netns import call_in_netns
+
+OWN_NFT_TABLE = ("inet", "lvsfw")
+
+
+def _legacy_mangle_in_use(netns: Optional[str]) -> bool:
+    try:
+        text = run(["iptables-legacy-save", "-t", "mangle"], netns=netns)
+        text6 = run(["ip6tables-legacy-save", "-t", "mangle"], netns=netns)
+    except BackendUnavailable:
+        return False
+    return any(line.startswith("-A ") for line in (text + text6).splitlines())
+
+
+def _nft_tables(netns: Optional[str]) -> list[tuple[str, str]]:
+    def list_tables() -> list[tuple[str, str]]:
+        import nftables  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        nft = nftables.Nftables()
+        nft.set_json_output(True)
+        rc, out, _err = nft.cmd("list tables")
+        if rc != 0:
+            return []
+        items = json.loads(out).get("nftables", [])
+        return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
+
+    try:
+        return call_in_netns(netns, list_tables)
+    except (ImportError, OSError):
+        return []
+
+
+def detect_firewall(netns: Optional[str] = None) -> str:
+    """The packet-filter backend this host uses: iptables-legacy, iptables-nft or nftables.
+
+    Legacy iptables rules in mangle mean iptables-legacy; an nftables ``mangle`` table made by
+    iptables-nft means iptables-nft; otherwise (including lvsfw's own table) nftables. Both
+    legacy mangle rules and nft mangle/prerouting tables at once is refused.
+    """
+    legacy = _legacy_mangle_in_use(netns)
+    tables = [t for t in _nft_tables(netns) if t != OWN_NFT_TABLE]
+    nft_mangle = [t for t in tables if t[1] == "mangle"]
+    if legacy and nft_mangle:
+        raise ConflictError(
+            "firewall='auto': both iptables-legacy and nftables (table "
+            f"{nft_mangle[0][0]} mangle) hold mangle rules; pick firewall= explicitly"
+        )
+    if legacy:
+        return "iptables-legacy"
+    if nft_mangle:
+        return "iptables-nft"
+    return "nftables"

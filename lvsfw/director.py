@@ -1,0 +1,244 @@
+"""The Director: plan, apply, verify and destroy both halves on a live LVS director."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Callable, Optional
+
+from lvsfw import registry, state
+from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.ipvs import Ipvs
+from lvsfw.detect import detect_firewall
+from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
+from lvsfw.errors import LvsfwError, ValidationError
+from lvsfw.lock import LOCK_DIR, lock_path, locked
+from lvsfw.model import Bundle
+from lvsfw.netns import check_netns
+from lvsfw.plan import Plan
+from lvsfw.rules import FwmarkService, Specification, specify
+
+#: The steps of an apply, in order; a test hook is called with each name before it runs.
+STEPS = ("ipvs-add", "marks", "ipvs-remove")
+ServiceKey = state.ServiceKey
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` (PEP 678 notes where Python has them)."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        notes = []
+        exc.__notes__ = notes
+    notes.append(text)
+
+
+class Director:
+    """Keeps a director's marks and IPVS services equal to a list of bundles.
+
+    ``firewall`` is a packet-filter backend name (``nftables``, ``iptables-nft``,
+    ``iptables-legacy``) or ``"auto"`` (the one this host already uses for mangle); ``ipvs``
+    whether to manage IPVS services too; ``netns`` the network namespace to work in (None: the
+    current one); ``state_file`` where the owned IPVS services are recorded (default
+    ``/var/lib/lvsfw/state.json``, one per namespace); ``lock_timeout`` how long an apply waits
+    for another one (seconds).
+    """
+
+    def __init__(
+        self,
+        firewall: str = "nftables",
+        ipvs: bool = True,
+        netns: Optional[str] = None,
+        *,
+        state_file: Optional[str] = None,
+        lock_dir: str = LOCK_DIR,
+        lock_timeout: float = 60.0,
+        ipvsadm: str = "ipvsadm",
+    ) -> None:
+        if netns is not None:
+            check_netns(netns)
+        self.netns = netns
+        name = detect_firewall(netns) if firewall == "auto" else firewall
+        backend = registry.get(name)(netns=netns)
+        if not isinstance(backend, PacketFilter):
+            raise ValidationError("firewall", firewall, "a packet-filter backend or 'auto'")
+        self.firewall: PacketFilter = backend
+        self.ipvs: Optional[Ipvs] = Ipvs(netns=netns, ipvsadm=ipvsadm) if ipvs else None
+        self.state_file = state_file or state.state_path(netns)
+        self.lock_path = lock_path(netns, lock_dir)
+        self.lock_timeout = lock_timeout
+        #: Called with each step name (see :data:`STEPS`) before it runs: a fault-injection
+        #: seam for tests. Raising from it behaves like the step failing.
+        self.step_hook: Optional[Callable[[str], None]] = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _live_services(
+        self, owned: Iterable[ServiceKey], spec: Optional[Specification] = None
+    ) -> frozenset[FwmarkService]:
+        """The live IPVS services of ``owned``; with ``spec``, refuse foreign conflicts."""
+        if self.ipvs is None:
+            return frozenset()
+        keys = set(owned)
+        dump = self.ipvs.read_dump()
+        if spec is not None:
+            self.ipvs.plan(spec, keys, live=dump)  # ConflictError on a foreign service
+        return frozenset(s for s in dump.services if (s.family, s.mark) in keys)
+
+    def _plan(self, spec: Specification, current: state.State) -> Plan:
+        live_services = self._live_services(current.services, spec)
+        want_services = spec.services if self.ipvs is not None else frozenset()
+        return Plan.between(
+            self.firewall.name, self.firewall.read(), spec.rules, live_services, want_services
+        )
+
+    def plan(self, bundles: Iterable[Bundle]) -> Plan:
+        """What :meth:`apply` would add, change and remove now; writes nothing."""
+        return self._plan(specify(bundles), state.load(self.state_file))
+
+    def verify(self, bundles: Iterable[Bundle]) -> Report:
+        """Read the live kernel back and report every drift from ``bundles``."""
+        bundles = list(bundles)
+        spec = specify(bundles)
+        drift = rule_drift(spec, self.firewall.read())
+        drift += finding_drift(self.firewall.findings(spec), bundles)
+        if self.ipvs is not None:
+            owned = state.load(self.state_file).services
+            keys = owned | {(s.family, s.mark) for s in spec.services}
+            drift += service_drift(bundles, spec, self._live_services(keys), owned)
+        return Report(tuple(drift))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _step(self, name: str) -> None:
+        if self.step_hook is not None:
+            self.step_hook(name)
+
+    def apply(self, bundles: Iterable[Bundle]) -> Plan:
+        """Make the live marks and IPVS services equal ``bundles``; return what was done.
+
+        Checked first (conflicts, then the kernel's own dry run); IPVS services are added
+        before the marks that feed them and removed after; a failure at any step undoes the
+        steps already done, so the kernel is left as it was, and re-raises.
+        """
+        spec = specify(bundles)
+        with locked(self.lock_path, self.lock_timeout):
+            current = state.load(self.state_file)
+            plan = self._plan(spec, current)
+            stale = self._stale_firewall(current)
+            if not plan and stale is None:
+                if current.pending or current.firewall != self.firewall.name:
+                    self._save(spec, current.services if self.ipvs is None else None)
+                return plan
+            if plan.rules_changed:
+                self.firewall.check(spec)
+            self._transact(spec, plan, current, stale)
+        return plan
+
+    def _stale_firewall(self, current: state.State) -> Optional[PacketFilter]:
+        """The packet filter lvsfw used before, if it was another one (its rules must go)."""
+        if current.firewall in (None, self.firewall.name):
+            return None
+        old = registry.get(current.firewall or "")(netns=self.netns)
+        return old if isinstance(old, PacketFilter) and old.read() else None
+
+    def _save(self, spec: Specification, services: Optional[frozenset[ServiceKey]]) -> None:
+        keys = (
+            services
+            if services is not None
+            else frozenset((s.family, s.mark) for s in spec.services)
+        )
+        state.save(self.state_file, state.State(keys, self.firewall.name))
+
+    def _transact(
+        self,
+        spec: Specification,
+        plan: Plan,
+        current: state.State,
+        stale: Optional[PacketFilter],
+    ) -> None:
+        wanted = frozenset((s.family, s.mark) for s in spec.services) if self.ipvs else frozenset()
+        owned = current.services | wanted
+        state.save(self.state_file, state.State(owned, current.firewall, pending=True))
+        before = self.firewall.snapshot() if plan.rules_changed else None
+        stale_before = stale.snapshot() if stale is not None else None
+        undo: list[list[str]] = []
+        marks_done = False
+        try:
+            self._step("ipvs-add")
+            if self.ipvs is not None:
+                keep = spec.services | plan.remove_services
+                undo = self.ipvs.apply(keep, owned)
+            self._step("marks")
+            if plan.rules_changed:
+                marks_done = True
+                self.firewall.apply(spec)
+            if stale is not None:
+                stale.remove()
+            self._step("ipvs-remove")
+            if self.ipvs is not None and plan.remove_services:
+                self.ipvs.apply(spec, owned)
+        except BaseException as exc:
+            self._rollback(exc, before if marks_done else None, stale, stale_before, undo)
+            state.save(self.state_file, current)
+            raise
+        self._save(spec, None if self.ipvs is not None else current.services)
+
+    def _rollback(
+        self,
+        exc: BaseException,
+        before: Optional[Specification],
+        stale: Optional[PacketFilter],
+        stale_before: Optional[Specification],
+        undo: list[list[str]],
+    ) -> None:
+        """Undo in reverse order: marks first, then the IPVS services added."""
+        steps: list[Callable[[], None]] = []
+        if stale is not None and stale_before is not None:
+            steps.append(lambda: stale.apply(stale_before))
+        if before is not None:
+            steps.append(lambda: self.firewall.apply(before))
+        if self.ipvs is not None and undo:
+            ipvs = self.ipvs
+            steps.append(lambda: ipvs.undo(undo))
+        for step in steps:
+            try:
+                step()
+            except LvsfwError as failure:
+                _note(exc, f"lvsfw: undo failed too: {failure}")
+
+    def destroy(self) -> Plan:
+        """Remove every mark rule and owned IPVS service lvsfw holds, and nothing else."""
+        with locked(self.lock_path, self.lock_timeout):
+            current = state.load(self.state_file)
+            empty = specify([])
+            plan = self._plan(empty, current)
+            self.firewall.remove()
+            stale = self._stale_firewall(current)
+            if stale is not None:
+                stale.remove()
+            if self.ipvs is not None and current.services:
+                self.ipvs.remove(current.services)
+            state.save(self.state_file, state.State(frozenset(), self.firewall.name))
+        return plan
+
+    # -- boot persistence ----------------------------------------------------------------
+
+    def save(self, bundles: Iterable[Bundle], directory: str) -> list[str]:
+        """Write what a boot script restores for ``bundles`` into ``directory``.
+
+        The packet filter's file(s) (``nft -f`` script or ``iptables-restore --noflush``
+        input per family) and ``lvsfw.ipvs`` (``ipvsadm-restore`` input). Returns the paths.
+        """
+        spec = specify(bundles)
+        files = dict(self.firewall.boot_files(spec))
+        if self.ipvs is not None:
+            files["lvsfw.ipvs"] = self.ipvs.render_spec(spec)
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for name, text in sorted(files.items()):
+            path = os.path.join(directory, name)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+            paths.append(path)
+        return paths

@@ -1,0 +1,97 @@
+"""A plan: the difference between the live kernel and a specification, per backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from lvsfw.rules import FwmarkService, MarkRule, normalize
+
+
+def _rule_text(rule: MarkRule) -> str:
+    ports = (
+        str(rule.first_port)
+        if rule.first_port == rule.last_port
+        else f"{rule.first_port}-{rule.last_port}"
+    )
+    mask = "" if rule.mask == 0xFFFFFFFF else f"/{rule.mask:#x}"
+    return f"{rule.vip} {rule.protocol}:{ports} -> mark {rule.mark}{mask}"
+
+
+def _service_text(service: FwmarkService) -> str:
+    s = service.service
+    persistence = f" persistence {s.persistence}" if s.persistence else ""
+    servers = ", ".join(f"{r.address} ({r.forwarding}, w{r.weight})" for r in s.real_servers)
+    return f"fwmark {service.mark} {service.family} {s.scheduler}{persistence}: [{servers}]"
+
+
+@attrs.frozen
+class Plan:
+    """What an apply would do (or did): mark rules and IPVS services to add, change, remove.
+
+    ``bool(plan)`` is False when nothing would change; ``str(plan)`` is a readable summary.
+    """
+
+    firewall: str
+    add_rules: frozenset[MarkRule] = frozenset()
+    remove_rules: frozenset[MarkRule] = frozenset()
+    add_services: frozenset[FwmarkService] = frozenset()
+    change_services: frozenset[FwmarkService] = frozenset()
+    remove_services: frozenset[FwmarkService] = frozenset()
+
+    @classmethod
+    def between(
+        cls,
+        firewall: str,
+        live_rules: Iterable[MarkRule],
+        want_rules: Iterable[MarkRule],
+        live_services: Iterable[FwmarkService],
+        want_services: Iterable[FwmarkService],
+    ) -> Plan:
+        """The plan turning the live rules/services into the wanted ones."""
+        live_r, want_r = normalize(live_rules), normalize(want_rules)
+        live_s = {(s.family, s.mark): s for s in live_services}
+        want_s = {(s.family, s.mark): s for s in want_services}
+        return cls(
+            firewall,
+            add_rules=want_r - live_r,
+            remove_rules=live_r - want_r,
+            add_services=frozenset(s for k, s in want_s.items() if k not in live_s),
+            change_services=frozenset(
+                s for k, s in want_s.items() if k in live_s and live_s[k] != s
+            ),
+            remove_services=frozenset(s for k, s in live_s.items() if k not in want_s),
+        )
+
+    @property
+    def rules_changed(self) -> bool:
+        """Whether the packet filter must be written."""
+        return bool(self.add_rules or self.remove_rules)
+
+    @property
+    def services_changed(self) -> bool:
+        """Whether IPVS must be written."""
+        return bool(self.add_services or self.change_services or self.remove_services)
+
+    def __bool__(self) -> bool:
+        return self.rules_changed or self.services_changed
+
+    def __str__(self) -> str:
+        if not self:
+            return "no changes"
+        lines: list[str] = []
+        sections = [
+            (f"{self.firewall}: add", self.add_rules, _rule_text),
+            (f"{self.firewall}: remove", self.remove_rules, _rule_text),
+        ]
+        for title, rules, fmt in sections:
+            lines += [f"{title} {fmt(r)}" for r in sorted(rules)]
+        service_sections = [
+            ("ipvs: add", self.add_services),
+            ("ipvs: change", self.change_services),
+            ("ipvs: remove", self.remove_services),
+        ]
+        for title, services in service_sections:
+            lines += [f"{title} {_service_text(s)}" for s in sorted(services)]
+        return "\n".join(lines)
