@@ -54,3 +54,12 @@ class CommandFailed(LvsfwError):
 
 class DriftError(LvsfwError):
     """The live kernel state differs from what the bundles specify."""
+
+
+def add_note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` as a PEP 678 note (also on Python < 3.11)."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        notes = []
+        exc.__notes__ = notes
+    notes.append(text)

@@ -33,6 +33,7 @@ from lvsfw.errors import (
     LvsfwError,
     ParseError,
     ValidationError,
+    add_note,
 )
 from lvsfw.model import RealServer, VirtualService
 from lvsfw.rules import FwmarkService, Specification
@@ -466,7 +467,7 @@ class Ipvs(ServiceBackend):
                 done.append(step)
         except LvsfwError as exc:
             for failure in self._undo(_inverse(done)):
-                exc.add_note(f"rollback step failed: {failure}")
+                add_note(exc, f"rollback step failed: {failure}")
             raise
         return [[self.ipvsadm, *argv] for argv in _inverse(done)]
 
