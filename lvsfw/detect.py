@@ -6,7 +6,7 @@ import json
 from typing import Optional
 
 from lvsfw.command import run
-from lvsfw.errors import BackendUnavailable, ConflictError
+from lvsfw.errors import BackendUnavailable, CommandFailed, ConflictError
 from lvsfw.netns import call_in_netns
 
 OWN_NFT_TABLE = ("inet", "lvsfw")
@@ -16,7 +16,7 @@ def _legacy_mangle_in_use(netns: Optional[str]) -> bool:
     try:
         text = run(["iptables-legacy-save", "-t", "mangle"], netns=netns)
         text6 = run(["ip6tables-legacy-save", "-t", "mangle"], netns=netns)
-    except BackendUnavailable:
+    except (BackendUnavailable, CommandFailed):  # not installed, or no x_tables in the kernel
         return False
     return any(line.startswith("-A ") for line in (text + text6).splitlines())
 

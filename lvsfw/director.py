@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from typing import Callable, Optional
 
 from lvsfw import registry, state
 from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.ipvs import INSTALL_HINT as IPVS_INSTALL_HINT
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.detect import detect_firewall
 from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
-from lvsfw.errors import LvsfwError, ValidationError
+from lvsfw.errors import BackendUnavailable, LvsfwError, ValidationError
 from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
@@ -19,8 +21,11 @@ from lvsfw.plan import Plan
 from lvsfw.rules import FwmarkService, Specification, specify
 
 #: The steps of an apply, in order; a test hook is called with each name before it runs.
-STEPS = ("ipvs-add", "marks", "ipvs-remove")
+#: ``commit`` comes last, just before the state file records the new ownership.
+STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
+#: Where programs are looked up (as lvsfw.command runs them).
+_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -78,17 +83,36 @@ class Director:
         """The live IPVS services of ``owned``; with ``spec``, refuse foreign conflicts."""
         if self.ipvs is None:
             return frozenset()
+        self._require_ipvsadm()
         keys = set(owned)
         dump = self.ipvs.read_dump()
         if spec is not None:
             self.ipvs.plan(spec, keys, live=dump)  # ConflictError on a foreign service
         return frozenset(s for s in dump.services if (s.family, s.mark) in keys)
 
+    def _require_ipvsadm(self) -> None:
+        """BackendUnavailable when the ipvsadm program is missing (``ip netns exec`` would
+        otherwise turn that into a CommandFailed of ``ip``)."""
+        if self.ipvs is not None and self.ipvs.runner is None:
+            program = self.ipvs.ipvsadm
+            if shutil.which(program, path=os.pathsep.join(_PATH)) is None:
+                raise BackendUnavailable(f"{program} not found; {IPVS_INSTALL_HINT}")
+
     def _plan(self, spec: Specification, current: state.State) -> Plan:
         live_services = self._live_services(current.services, spec)
         want_services = spec.services if self.ipvs is not None else frozenset()
+        repair = tuple(
+            f.detail
+            for f in (self.firewall.findings(spec) if spec.rules else [])
+            if not f.detail.startswith("foreign")
+        )
         return Plan.between(
-            self.firewall.name, self.firewall.read(), spec.rules, live_services, want_services
+            self.firewall.name,
+            self.firewall.read(),
+            spec.rules,
+            live_services,
+            want_services,
+            repair=repair,
         )
 
     def plan(self, bundles: Iterable[Bundle]) -> Plan:
@@ -116,12 +140,15 @@ class Director:
     def apply(self, bundles: Iterable[Bundle]) -> Plan:
         """Make the live marks and IPVS services equal ``bundles``; return what was done.
 
-        Checked first (conflicts, then the kernel's own dry run); IPVS services are added
-        before the marks that feed them and removed after; a failure at any step undoes the
-        steps already done, so the kernel is left as it was, and re-raises.
+        Checked first (conflicts, foreign IPVS services, then the kernel's own dry run of the
+        packet filter), all under the per-namespace lock. IPVS services are added (or changed)
+        before the marks that feed them and removed after the marks are gone; a failure at any
+        step undoes the steps already done, so the kernel and the state file are left as they
+        were, and re-raises. With nothing to change, nothing is written.
         """
         spec = specify(bundles)
         with locked(self.lock_path, self.lock_timeout):
+            saved = state.read_text(self.state_file)
             current = state.load(self.state_file)
             plan = self._plan(spec, current)
             stale = self._stale_firewall(current)
@@ -131,7 +158,7 @@ class Director:
                 return plan
             if plan.rules_changed:
                 self.firewall.check(spec)
-            self._transact(spec, plan, current, stale)
+            self._transact(spec, plan, current, stale, saved)
         return plan
 
     def _stale_firewall(self, current: state.State) -> Optional[PacketFilter]:
@@ -149,39 +176,65 @@ class Director:
         )
         state.save(self.state_file, state.State(keys, self.firewall.name))
 
+    @staticmethod
+    def _write_marks(firewall: PacketFilter, spec: Specification) -> None:
+        """Load ``spec`` into ``firewall``; an empty ``spec`` removes its own objects."""
+        if spec.rules:
+            firewall.apply(spec)
+        else:
+            firewall.remove()
+
     def _transact(
         self,
         spec: Specification,
         plan: Plan,
         current: state.State,
         stale: Optional[PacketFilter],
+        saved: Optional[str],
     ) -> None:
+        """Run the steps of :data:`STEPS`; on any failure undo them and restore the state file.
+
+        Before the first kernel write the state file records ``pending`` ownership of every
+        IPVS service this apply may create, so a process killed at any point leaves a state
+        from which the next apply converges and :meth:`destroy` removes everything.
+        """
         wanted = frozenset((s.family, s.mark) for s in spec.services) if self.ipvs else frozenset()
         owned = current.services | wanted
         state.save(self.state_file, state.State(owned, current.firewall, pending=True))
         before = self.firewall.snapshot() if plan.rules_changed else None
         stale_before = stale.snapshot() if stale is not None else None
-        undo: list[list[str]] = []
-        marks_done = False
+        added: list[list[str]] = []  # ipvsadm argv lists undoing "ipvs-add", in order
+        removed: list[list[str]] = []  # and "ipvs-remove"
+        marks_done = stale_done = False
         try:
             self._step("ipvs-add")
-            if self.ipvs is not None:
-                keep = spec.services | plan.remove_services
-                undo = self.ipvs.apply(keep, owned)
+            if self.ipvs is not None and (plan.add_services or plan.change_services):
+                added = self.ipvs.apply(spec.services | plan.remove_services, owned)
             self._step("marks")
             if plan.rules_changed:
                 marks_done = True
-                self.firewall.apply(spec)
+                self._write_marks(self.firewall, spec)
             if stale is not None:
+                stale_done = True
                 stale.remove()
             self._step("ipvs-remove")
             if self.ipvs is not None and plan.remove_services:
-                self.ipvs.apply(spec, owned)
+                removed = self.ipvs.apply(spec, owned)
+            self._step("commit")
+            self._save(spec, None if self.ipvs is not None else current.services)
         except BaseException as exc:
-            self._rollback(exc, before if marks_done else None, stale, stale_before, undo)
-            state.save(self.state_file, current)
+            undone = self._rollback(
+                exc,
+                before if marks_done else None,
+                stale if stale_done else None,
+                stale_before,
+                (removed, added),
+            )
+            if undone:
+                state.restore(self.state_file, saved)
+            else:  # keep the pending ownership: the next apply or destroy cleans up
+                _note(exc, f"lvsfw: {self.state_file} keeps pending ownership for cleanup")
             raise
-        self._save(spec, None if self.ipvs is not None else current.services)
 
     def _rollback(
         self,
@@ -189,22 +242,32 @@ class Director:
         before: Optional[Specification],
         stale: Optional[PacketFilter],
         stale_before: Optional[Specification],
-        undo: list[list[str]],
-    ) -> None:
-        """Undo in reverse order: marks first, then the IPVS services added."""
+        undo: tuple[list[list[str]], list[list[str]]],
+    ) -> bool:
+        """Undo in reverse order: services removed, the old filter, marks, services added.
+
+        Every undo step runs even if an earlier one fails; failures become notes on ``exc``.
+        Returns whether every step succeeded.
+        """
+        removed, added = undo
+        ipvs = self.ipvs
         steps: list[Callable[[], None]] = []
+        if ipvs is not None and removed:
+            steps.append(lambda: ipvs.undo(removed))
         if stale is not None and stale_before is not None:
-            steps.append(lambda: stale.apply(stale_before))
+            steps.append(lambda: self._write_marks(stale, stale_before))
         if before is not None:
-            steps.append(lambda: self.firewall.apply(before))
-        if self.ipvs is not None and undo:
-            ipvs = self.ipvs
-            steps.append(lambda: ipvs.undo(undo))
+            steps.append(lambda: self._write_marks(self.firewall, before))
+        if ipvs is not None and added:
+            steps.append(lambda: ipvs.undo(added))
+        undone = True
         for step in steps:
             try:
                 step()
             except LvsfwError as failure:
+                undone = False
                 _note(exc, f"lvsfw: undo failed too: {failure}")
+        return undone
 
     def destroy(self) -> Plan:
         """Remove every mark rule and owned IPVS service lvsfw holds, and nothing else."""

@@ -178,25 +178,17 @@ def service_drift(
     owned: Iterable[tuple[Family, int]],
 ) -> list[Drift]:
     """Marks without an IPVS service, services that differ, and owned ones no bundle wants."""
-    by_mark = {b.mark.value: b.name for b in bundles}
+    by_mark = {b.mark.value: b for b in bundles}
     have = {(s.family, s.mark): s for s in live}
     drift: list[Drift] = []
     for want in sorted(spec.services):
-        name, key = by_mark[want.mark], (want.family, want.mark)
+        bundle, key = by_mark[want.mark], (want.family, want.mark)
+        where = f"fwmark {want.mark} {want.family} ({bundle.ports})"
         if key not in have:
-            drift.append(
-                Drift(
-                    "service-missing", name, f"mark {want.mark} ({want.family}) has no IPVS service"
-                )
-            )
+            drift.append(Drift("service-missing", bundle.name, f"{where} has no IPVS service"))
         elif have[key] != want:
-            drift.append(
-                Drift(
-                    "service-changed",
-                    name,
-                    f"fwmark {want.mark} {want.family}: {_differences(want, have[key])}",
-                )
-            )
+            detail = f"{where}: {_differences(want, have[key])}"
+            drift.append(Drift("service-changed", bundle.name, detail))
     wanted = {(s.family, s.mark) for s in spec.services}
     for key in sorted(set(owned) - wanted):
         if key in have:

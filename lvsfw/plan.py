@@ -30,6 +30,8 @@ def _service_text(service: FwmarkService) -> str:
 class Plan:
     """What an apply would do (or did): mark rules and IPVS services to add, change, remove.
 
+    ``repair`` lists damage to lvsfw's own packet-filter objects (a chain emptied, the jump
+    deleted...) that rewriting them repairs even when the rules read back are complete.
     ``bool(plan)`` is False when nothing would change; ``str(plan)`` is a readable summary.
     """
 
@@ -39,6 +41,7 @@ class Plan:
     add_services: frozenset[FwmarkService] = frozenset()
     change_services: frozenset[FwmarkService] = frozenset()
     remove_services: frozenset[FwmarkService] = frozenset()
+    repair: tuple[str, ...] = ()
 
     @classmethod
     def between(
@@ -48,8 +51,11 @@ class Plan:
         want_rules: Iterable[MarkRule],
         live_services: Iterable[FwmarkService],
         want_services: Iterable[FwmarkService],
+        *,
+        repair: Iterable[str] = (),
     ) -> Plan:
-        """The plan turning the live rules/services into the wanted ones."""
+        """The plan turning the live rules/services into the wanted ones (``repair``: see the
+        class)."""
         live_r, want_r = normalize(live_rules), normalize(want_rules)
         live_s = {(s.family, s.mark): s for s in live_services}
         want_s = {(s.family, s.mark): s for s in want_services}
@@ -62,12 +68,13 @@ class Plan:
                 s for k, s in want_s.items() if k in live_s and live_s[k] != s
             ),
             remove_services=frozenset(s for k, s in live_s.items() if k not in want_s),
+            repair=tuple(repair),
         )
 
     @property
     def rules_changed(self) -> bool:
         """Whether the packet filter must be written."""
-        return bool(self.add_rules or self.remove_rules)
+        return bool(self.add_rules or self.remove_rules or self.repair)
 
     @property
     def services_changed(self) -> bool:
@@ -80,7 +87,7 @@ class Plan:
     def __str__(self) -> str:
         if not self:
             return "no changes"
-        lines: list[str] = []
+        lines = [f"{self.firewall}: repair {detail}" for detail in self.repair]
         sections = [
             (f"{self.firewall}: add", self.add_rules, _rule_text),
             (f"{self.firewall}: remove", self.remove_rules, _rule_text),

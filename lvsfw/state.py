@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -74,14 +75,36 @@ def load(path: str) -> State:
         return State()
 
 
+def read_text(path: str) -> Optional[str]:
+    """The raw text of the state file, or None if it does not exist (see :func:`restore`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def restore(path: str, text: Optional[str]) -> None:
+    """Put back what :func:`read_text` returned: that text (atomically), or no file at all."""
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    _write(path, text)
+
+
 def save(path: str, state: State) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    _write(path, state.to_json())
+
+
+def _write(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(state.to_json())
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

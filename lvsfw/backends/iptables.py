@@ -381,10 +381,15 @@ class Iptables(PacketFilter):
         self._run([restore, "-w", "--noflush", *(["--test"] if test else [])], stdin=text)
 
     def check(self, spec: Specification) -> None:
-        """``iptables-restore --test --noflush`` of each family's text; nothing changes."""
+        """``iptables-restore --test --noflush`` of each family's text (or, for a family
+        without rules, of the removal :meth:`apply` would load); nothing changes."""
         for family in Family:
             if any(r.family == family for r in spec.rules):
                 self._restore(family, self.family_text(spec, family), test=True)
+            else:
+                text = self._removal(self.state(family))
+                if text is not None:
+                    self._restore(family, text, test=True)
 
     def _plan(self, spec: Specification, family: Family) -> Optional[str]:
         """The transaction making ``family`` equal ``spec``, or None if it already does."""
