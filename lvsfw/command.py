@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 
 import sh
@@ -30,12 +31,13 @@ def run(
     Raises :class:`CommandFailed` with the tool's stderr on a non-zero exit status, and
     :class:`BackendUnavailable` (with ``install_hint``) when the program is not installed.
     """
-    full = netns_argv(argv, netns)
-    try:
-        command = sh.Command(full[0])
-    except sh.CommandNotFound as exc:
+    # Resolved here, not by ``ip netns exec``, which would turn a missing program into a
+    # failure of ``ip`` itself (the namespace shares this filesystem).
+    if shutil.which(argv[0], path=_ENV["PATH"]) is None:
         hint = f"; {install_hint}" if install_hint else ""
-        raise BackendUnavailable(f"{full[0]} not found{hint}") from exc
+        raise BackendUnavailable(f"{argv[0]} not found{hint}")
+    full = netns_argv(argv, netns)
+    command = sh.Command(shutil.which(full[0], path=_ENV["PATH"]) or full[0])
     try:
         out = command(*full[1:], _in=stdin, _tty_out=False, _env=_ENV)
     except sh.ErrorReturnCode as exc:

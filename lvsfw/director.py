@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 from typing import Callable, Optional
 
 from lvsfw import registry, state
 from lvsfw.backends.base import PacketFilter
-from lvsfw.backends.ipvs import INSTALL_HINT as IPVS_INSTALL_HINT
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.detect import detect_firewall
 from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
-from lvsfw.errors import BackendUnavailable, LvsfwError, ValidationError
+from lvsfw.errors import LvsfwError, ValidationError
 from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
@@ -83,20 +81,11 @@ class Director:
         """The live IPVS services of ``owned``; with ``spec``, refuse foreign conflicts."""
         if self.ipvs is None:
             return frozenset()
-        self._require_ipvsadm()
         keys = set(owned)
         dump = self.ipvs.read_dump()
         if spec is not None:
             self.ipvs.plan(spec, keys, live=dump)  # ConflictError on a foreign service
         return frozenset(s for s in dump.services if (s.family, s.mark) in keys)
-
-    def _require_ipvsadm(self) -> None:
-        """BackendUnavailable when the ipvsadm program is missing (``ip netns exec`` would
-        otherwise turn that into a CommandFailed of ``ip``)."""
-        if self.ipvs is not None and self.ipvs.runner is None:
-            program = self.ipvs.ipvsadm
-            if shutil.which(program, path=os.pathsep.join(_PATH)) is None:
-                raise BackendUnavailable(f"{program} not found; {IPVS_INSTALL_HINT}")
 
     def _plan(self, spec: Specification, current: state.State) -> Plan:
         live_services = self._live_services(current.services, spec)
