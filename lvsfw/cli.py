@@ -1,0 +1,449 @@
+"""The ``lvsfw`` command: check, render, plan, apply, verify, show, destroy, save, import.
+
+Exit codes (every command): 0 success / no change / no drift; 1 error (one line on stderr,
+never a traceback: bad files, bad flags, kernel tools refusing); 2 ``plan``: changes
+pending; 3 ``verify``: drift. ``--json`` prints one JSON document on stdout instead of text.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, TypeVar
+
+import attrs
+import click
+
+from lvsfw import config, importers, registry, state
+from lvsfw.director import Director
+from lvsfw.drift import Report
+from lvsfw.errors import LvsfwError
+from lvsfw.lock import LOCK_DIR
+from lvsfw.markscan import Scan, scan
+from lvsfw.output import plan_json, ports_text, rule_json, service_json, summary, table
+from lvsfw.rules import FwmarkService, normalize, specify
+
+EXIT_OK, EXIT_ERROR, EXIT_PENDING, EXIT_DRIFT = 0, 1, 2, 3
+DEFAULT_FIREWALL = "nftables"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line(exc: BaseException) -> str:
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    text = "; ".join([str(exc), *notes]) or type(exc).__name__
+    return " ".join(text.split())
+
+
+class LvsfwGroup(click.Group):
+    """A group whose every failure is one line on stderr and exit status 1.
+
+    Click's own usage errors exit 1 too (not click's 2, which ``plan`` uses for "pending").
+    """
+
+    def main(
+        self,
+        args: Optional[Sequence[str]] = None,
+        prog_name: Optional[str] = None,
+        complete_var: Optional[str] = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+            code = result if isinstance(result, int) else EXIT_OK
+        except click.exceptions.Abort:
+            click.echo("lvsfw: aborted", err=True)
+            code = EXIT_ERROR
+        except click.ClickException as exc:
+            click.echo(f"lvsfw: {_one_line(exc)}", err=True)
+            code = EXIT_ERROR
+        except (LvsfwError, OSError) as exc:
+            click.echo(f"lvsfw: {_one_line(exc)}", err=True)
+            code = EXIT_ERROR
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _emit(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def json_option(f: F) -> F:
+    """``--json``: one JSON document on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
+
+
+def kernel_options(f: F) -> F:
+    """The options of every command that touches the kernel; they override [director]."""
+    options = [
+        click.option("--netns", metavar="NAME", help="Work inside network namespace NAME."),
+        click.option(
+            "--firewall",
+            metavar="BACKEND",
+            help="Packet filter: nftables, iptables-nft, iptables-legacy or auto.",
+        ),
+        click.option(
+            "--ipvs/--no-ipvs", default=None, help="Manage IPVS services too (default: yes)."
+        ),
+        click.option("--state-file", metavar="PATH", help="Where lvsfw records what it owns."),
+        click.option("--ipvsadm", metavar="PATH", hidden=True, help="ipvsadm program to run."),
+        click.option("--lock-dir", metavar="DIR", hidden=True, help="Where the lock file lives."),
+        click.option(
+            "--lock-timeout",
+            type=float,
+            default=60.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long to wait for another lvsfw run.",
+        ),
+    ]
+    return functools.reduce(lambda g, option: option(g), reversed(options), f)
+
+
+def _settings(cfg: Optional[config.Config], flags: dict[str, Any]) -> config.DirectorSettings:
+    base = cfg.director if cfg is not None else config.DirectorSettings()
+    keys = ("netns", "firewall", "ipvs", "state_file")
+    return base.merged(**{k: flags.get(k) for k in keys})
+
+
+def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool = False) -> Director:
+    """The Director for ``cfg`` and the flags. ``owned`` (show, destroy: about what lvsfw owns
+    now): without --firewall, the packet filter recorded in the state file comes first."""
+    settings = _settings(cfg, flags)
+    recorded = state.load(settings.state_file or state.state_path(settings.netns)).firewall
+    if owned and flags.get("firewall") is None and recorded is not None:
+        firewall = recorded
+    else:
+        firewall = settings.firewall or recorded or DEFAULT_FIREWALL
+    return Director(
+        firewall,
+        settings.ipvs if settings.ipvs is not None else True,
+        settings.netns,
+        state_file=settings.state_file,
+        lock_timeout=flags.get("lock_timeout") or 60.0,
+        lock_dir=flags.get("lock_dir") or LOCK_DIR,
+        ipvsadm=flags.get("ipvsadm") or "ipvsadm",
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+CONFIG = click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+
+
+@click.group(cls=LvsfwGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lvsfw", prog_name="lvsfw")
+def cli() -> None:
+    """Firewall marks and IPVS fwmark services for LVS directors, kept in agreement.
+
+    FILE is a TOML config: [[bundle]] tables and a [director] table. Exit status: 0 ok,
+    1 error, 2 changes pending (plan), 3 drift (verify).
+    """
+
+
+@cli.command()
+@CONFIG
+@json_option
+def check(file: str, as_json: bool) -> None:
+    """Validate FILE and check its bundles for conflicts; no kernel access."""
+    cfg = config.load(file)
+    spec = specify(cfg.bundles)
+    names = [b.name for b in cfg.bundles]
+    if as_json:
+        _emit(
+            {
+                "ok": True,
+                "file": file,
+                "bundles": names,
+                "mark_rules": len(spec.rules),
+                "ipvs_services": len(spec.services),
+            }
+        )
+        return
+    click.echo(
+        f"{file}: ok: {len(names)} bundle(s) ({', '.join(names) or 'none'}), "
+        f"{len(spec.rules)} mark rule(s), {len(spec.services)} IPVS service(s)"
+    )
+
+
+@cli.command()
+@CONFIG
+@click.option(
+    "--backend",
+    "-b",
+    metavar="NAME",
+    help=f"One of: {', '.join(registry.BUILTIN)} (default: the file's firewall).",
+)
+@json_option
+def render(file: str, backend: Optional[str], as_json: bool) -> None:
+    """Print what BACKEND would load for FILE; no kernel access."""
+    cfg = config.load(file)
+    name = backend or cfg.director.firewall or DEFAULT_FIREWALL
+    if name == "auto":
+        raise click.UsageError("render needs a named --backend, not auto")
+    text = registry.get(name)().render(cfg.bundles)
+    if as_json:
+        _emit({"backend": name, "text": text})
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@cli.command()
+@CONFIG
+@kernel_options
+@json_option
+def plan(file: str, as_json: bool, **flags: Any) -> None:
+    """Show how the live kernel differs from FILE. Exit 0: no change; 2: changes pending."""
+    cfg = config.load(file)
+    result = _director(cfg, flags).plan(cfg.bundles)
+    if as_json:
+        _emit(plan_json(result))
+    else:
+        click.echo(str(result) if not result else f"{result}\nplan: {summary(result)}")
+    click.get_current_context().exit(EXIT_PENDING if result else EXIT_OK)
+
+
+@cli.command()
+@CONFIG
+@kernel_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def apply(file: str, yes: bool, as_json: bool, **flags: Any) -> None:
+    """Make the live marks and IPVS services equal FILE; prints what it did."""
+    cfg = config.load(file)
+    director = _director(cfg, flags)
+    if not yes:
+        if as_json:
+            raise click.UsageError("--json needs --yes (there is no one to ask)")
+        pending = director.plan(cfg.bundles)
+        if pending:
+            click.echo(f"{pending}\nplan: {summary(pending)}")
+            click.confirm("Apply these changes?", abort=True)
+    done = director.apply(cfg.bundles)
+    if as_json:
+        _emit(plan_json(done))
+    elif done:
+        click.echo("\n".join(f"done: {line}" for line in str(done).splitlines()))
+        click.echo(f"applied: {summary(done)}")
+    else:
+        click.echo("no changes")
+
+
+@cli.command()
+@CONFIG
+@kernel_options
+@json_option
+def verify(file: str, as_json: bool, **flags: Any) -> None:
+    """Read the live kernel back and report drift from FILE. Exit 0: clean; 3: drift."""
+    cfg = config.load(file)
+    report: Report = _director(cfg, flags).verify(cfg.bundles)
+    if as_json:
+        _emit({"ok": report.ok, "drift": [attrs.asdict(d) for d in report.drift]})
+    else:
+        click.echo("ok: no drift" if report.ok else f"{report}\ndrift: {len(report.drift)}")
+    click.get_current_context().exit(EXIT_OK if report.ok else EXIT_DRIFT)
+
+
+def _optional_config(path: Optional[str]) -> Optional[config.Config]:
+    return config.load(path) if path else None
+
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "-c",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Take [director] settings from FILE.",
+)
+
+
+@cli.command()
+@CONFIG_OPTION
+@kernel_options
+@json_option
+def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
+    """Show what lvsfw owns now: its mark rules and IPVS services."""
+    director = _director(_optional_config(config_file), flags, owned=True)
+    snapshot = director.firewall.snapshot()
+    rules = sorted(normalize(snapshot.rules))
+    owned = state.load(director.state_file)
+    services: list[FwmarkService] = []
+    if director.ipvs is not None and owned.services:
+        live = director.ipvs.read_dump().services
+        services = sorted(s for s in live if (s.family, s.mark) in owned.services)
+    if as_json:
+        _emit(
+            {
+                "firewall": director.firewall.name,
+                "netns": director.netns,
+                "state_file": director.state_file,
+                "rules": [{**rule_json(r), "bundle": snapshot.owners.get(r)} for r in rules],
+                "services": [service_json(s) for s in services],
+            }
+        )
+        return
+    where = f" in netns {director.netns}" if director.netns else ""
+    click.echo(f"firewall {director.firewall.name}{where}; state {director.state_file}")
+    if not rules and not services:
+        click.echo("lvsfw owns nothing here")
+        return
+    rows: dict[tuple[str, str, str, str], list[str]] = {}
+    for r in rules:
+        mark = str(r.mark) if r.mask == 0xFFFFFFFF else f"{r.mark:#x}/{r.mask:#x}"
+        key = (snapshot.owners.get(r) or "-", mark, str(r.vip), str(r.protocol))
+        rows.setdefault(key, []).append(ports_text(r))
+    click.echo(
+        table(
+            ("BUNDLE", "MARK", "VIP", "PROTO", "PORTS"),
+            ((*key, ",".join(ports)) for key, ports in rows.items()),
+        )
+    )
+    if services:
+        click.echo()
+        click.echo(
+            table(
+                ("MARK", "FAMILY", "SCHEDULER", "PERSISTENCE", "REAL SERVERS"),
+                (
+                    (
+                        s.mark,
+                        s.family,
+                        s.service.scheduler,
+                        s.service.persistence or "-",
+                        ", ".join(
+                            f"{r.address} {r.forwarding} w{r.weight}"
+                            for r in s.service.real_servers
+                        )
+                        or "-",
+                    )
+                    for s in services
+                ),
+            )
+        )
+
+
+@cli.command()
+@CONFIG_OPTION
+@kernel_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def destroy(config_file: Optional[str], yes: bool, as_json: bool, **flags: Any) -> None:
+    """Remove every mark rule and IPVS service lvsfw owns, and nothing else."""
+    director = _director(_optional_config(config_file), flags, owned=True)
+    if not yes:
+        if as_json:
+            raise click.UsageError("--json needs --yes (there is no one to ask)")
+        click.confirm("Remove every mark rule and IPVS service lvsfw owns?", abort=True)
+    done = director.destroy()
+    if as_json:
+        _emit(plan_json(done))
+    else:
+        click.echo("\n".join(f"done: {line}" for line in str(done).splitlines()))
+
+
+@cli.command()
+@CONFIG
+@click.argument("directory", type=click.Path(file_okay=False))
+@kernel_options
+@json_option
+def save(file: str, directory: str, as_json: bool, **flags: Any) -> None:
+    """Write the files a boot script restores for FILE (nft -f / iptables-restore /
+    ipvsadm-restore input) into DIRECTORY."""
+    cfg = config.load(file)
+    paths = _director(cfg, flags).save(cfg.bundles, directory)
+    if as_json:
+        _emit({"files": paths})
+    else:
+        click.echo("\n".join(paths))
+
+
+@cli.command(name="import")
+@click.argument("source", metavar="lvs.cf|keepalived.conf", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "kind",
+    type=click.Choice(["auto", "lvs.cf", "keepalived"]),
+    default="auto",
+    show_default=True,
+    help="What the file is.",
+)
+@click.option(
+    "--rules",
+    "rules_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="iptables-save and/or 'nft list ruleset' output holding the marks.",
+)
+@click.option("--live", is_flag=True, help="Read the marks from the live kernel instead.")
+@click.option("--netns", metavar="NAME", help="With --live: the network namespace to read.")
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Write the config to FILE (default: stdout).",
+)
+@json_option
+def import_(
+    *,
+    source: str,
+    kind: str,
+    rules_file: Optional[str],
+    live: bool,
+    netns: Optional[str],
+    output: Optional[str],
+    as_json: bool,
+) -> None:
+    """Write the lvsfw config equivalent to a Piranha lvs.cf or a keepalived.conf.
+
+    Neither file lists a mark's ports: they come from the packet-filter rules that set the
+    mark (--rules FILE or --live). Every mark no rule sets is named on stderr; exit 1 when
+    one had to be left out (it is written commented out, to finish by hand).
+    """
+    if rules_file and live:
+        raise click.UsageError("give --rules FILE or --live, not both")
+    with open(source, encoding="utf-8") as f:
+        text = f.read()
+    rules = Scan()
+    if rules_file:
+        with open(rules_file, encoding="utf-8") as f:
+            rules = scan(f.read(), rules_file)
+    elif live:
+        rules = importers.read_live(netns)
+    result = importers.import_text(text, source, kind, rules)
+    origin = rules_file or ("the live kernel" if live else "no rules (pass --rules or --live)")
+    toml = result.config_text(
+        [f"lvsfw config imported from {source}", f"marks' VIPs and ports from {origin}"]
+    )
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(toml)
+    if as_json:
+        _emit(
+            {
+                "config": toml,
+                "bundles": [b.name for b in result.bundles],
+                "unmatched": list(result.unmatched),
+                "left_out": [n for n, _ in result.stubs],
+                "warnings": list(result.warnings),
+                "output": output,
+            }
+        )
+    else:
+        for warning in result.warnings:
+            click.echo(f"lvsfw: warning: {warning}", err=True)
+        if not output:
+            click.echo(toml, nl=False)
+    click.get_current_context().exit(EXIT_ERROR if result.stubs else EXIT_OK)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console script."""
+    return int(cli.main(args=list(argv) if argv is not None else None, prog_name="lvsfw"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

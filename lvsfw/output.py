@@ -1,0 +1,69 @@
+"""What the ``lvsfw`` command prints: JSON forms of rules, services and plans; text tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from lvsfw.plan import Plan
+from lvsfw.rules import FwmarkService, MarkRule
+
+
+def ports_text(rule: MarkRule) -> str:
+    first, last = rule.first_port, rule.last_port
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def rule_json(rule: MarkRule) -> dict[str, object]:
+    """A mark rule as JSON."""
+    return {
+        "family": str(rule.family),
+        "vip": str(rule.vip),
+        "protocol": str(rule.protocol),
+        "ports": ports_text(rule),
+        "mark": rule.mark,
+        "mask": rule.mask,
+    }
+
+
+def service_json(service: FwmarkService) -> dict[str, object]:
+    """An IPVS fwmark service as JSON."""
+    vs = service.service
+    return {
+        "family": str(service.family),
+        "mark": service.mark,
+        "scheduler": str(vs.scheduler),
+        "persistence": vs.persistence,
+        "persistence_netmask": vs.persistence_netmask,
+        "persistence_prefix": vs.persistence_prefix,
+        "real_servers": [
+            {**attrs.asdict(s), "address": str(s.address), "forwarding": str(s.forwarding)}
+            for s in vs.real_servers
+        ],
+    }
+
+
+def plan_json(plan: Plan) -> dict[str, object]:
+    """A plan as JSON: ``changes`` is False when there is nothing to do."""
+    data: dict[str, object] = {"firewall": plan.firewall, "changes": bool(plan)}
+    data["repair"] = list(getattr(plan, "repair", ()))
+    for name in ("add_rules", "remove_rules"):
+        data[name] = [rule_json(r) for r in sorted(getattr(plan, name))]
+    for name in ("add_services", "change_services", "remove_services"):
+        data[name] = [service_json(s) for s in sorted(getattr(plan, name))]
+    return data
+
+
+def summary(plan: Plan) -> str:
+    add = len(plan.add_rules) + len(plan.add_services)
+    change = len(plan.change_services)
+    remove = len(plan.remove_rules) + len(plan.remove_services)
+    return f"{add} to add, {change} to change, {remove} to remove"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain text table with left-aligned columns."""
+    cells = [list(map(str, headers)), *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
