@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,18 @@ def _with_thresholds(live: Dump, spec: Specification) -> Dump:
 def _no_thresholds(vs: Any) -> Any:
     servers = [attrs.evolve(s, upper_threshold=0, lower_threshold=0) for s in vs.real_servers]
     return attrs.evolve(vs, real_servers=servers)
+
+
+def test_missing_scheduler_module_is_named() -> None:
+    """A kernel without ip_vs_twos: the error keeps ipvsadm's words and names the module."""
+
+    def runner(argv: Sequence[str]) -> str:
+        if "-A" in argv:
+            raise CommandFailed(argv, 255, "Scheduler or persistence engine not found\n")
+        return ""
+
+    bundle = Bundle("b", "192.0.2.1", "tcp:80", 71, scheduler="twos")
+    with pytest.raises(CommandFailed) as info:
+        Ipvs(runner=runner).apply(specify([bundle]), {71})
+    assert "persistence engine not found" in str(info.value)
+    assert any("ip_vs_twos" in note for note in info.value.__notes__)

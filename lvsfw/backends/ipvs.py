@@ -40,6 +40,7 @@ from lvsfw.rules import FwmarkService, Specification
 
 INSTALL_HINT = "apt-get install ipvsadm"
 #: ipvsadm's messages when the kernel has no IPVS (module missing or not loadable).
+NO_SCHEDULER = "Scheduler or persistence engine not found"
 NO_IPVS = ("Protocol not available", "Can't initialize ipvs", "Module ip_vs not found")
 _FLAGS = {"-g": Forwarding.ROUTE, "-m": Forwarding.MASQ, "-i": Forwarding.TUNNEL}
 _FOREIGN = {"-t", "-u", "--sctp-service", "-q", "--tcp-service", "--udp-service"}
@@ -429,6 +430,13 @@ class Ipvs(ServiceBackend):
                     f"the kernel has no IPVS ({exc.stderr.strip().splitlines()[0]}); load it "
                     "with 'modprobe ip_vs' (CONFIG_IP_VS) in the network namespace's host"
                 ) from exc
+            if NO_SCHEDULER in exc.stderr and "-s" in args:
+                scheduler = args[list(args).index("-s") + 1]
+                add_note(
+                    exc,
+                    f"this kernel has no ip_vs_{scheduler} module (CONFIG_IP_VS_"
+                    f"{scheduler.upper()}); pick another scheduler or a newer kernel",
+                )
             raise
 
     def read_dump(self) -> Dump:
