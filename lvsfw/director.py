@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from lvsfw import registry, state
-from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.detect import detect_firewall
 from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
@@ -16,7 +16,7 @@ from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
 from lvsfw.plan import Plan
-from lvsfw.rules import FwmarkService, Specification, specify
+from lvsfw.rules import FwmarkService, Memo, Normalizer, Specification, specify
 
 #: The steps of an apply, in order; a test hook is called with each name before it runs.
 #: ``commit`` comes last, just before the state file records the new ownership.
@@ -24,6 +24,30 @@ STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
 #: Where programs are looked up (as lvsfw.command runs them).
 _PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+@runtime_checkable
+class Transactional(Protocol):
+    """A packet filter that reads its live state once and writes (and undoes) deltas.
+
+    ``observe(fast)`` returns the live state (``.rules``, ``.exists``, ``.problems``) in one
+    read; ``fast`` lets it trust its own last commit while the kernel provably did not change.
+    ``transaction(spec, live)`` the change from ``live`` to ``spec`` (``.forward``,
+    ``.inverse``) or None; ``dry_run`` has the kernel validate it; ``commit(change, undo)``
+    sends it or its inverse; ``table_findings``/``inspect`` the structural findings.
+    """
+
+    def observe(self, fast: bool = False) -> Any: ...
+
+    def transaction(self, spec: Specification, live: Any) -> Any: ...
+
+    def dry_run(self, change: Any) -> None: ...
+
+    def commit(self, change: Any, undo: bool = False) -> None: ...
+
+    def table_findings(self, spec: Specification, live: Any) -> list[Finding]: ...
+
+    def inspect(self, spec: Specification) -> tuple[Any, list[Finding]]: ...
 
 
 def _note(exc: BaseException, text: str) -> None:
@@ -72,6 +96,9 @@ class Director:
         #: Called with each step name (see :data:`STEPS`) before it runs: a fault-injection
         #: seam for tests. Raising from it behaves like the step failing.
         self.step_hook: Optional[Callable[[str], None]] = None
+        #: Expansions of the bundles of the last apply (see :func:`lvsfw.rules.specify`).
+        self._memo: Memo = {}
+        self._normalizer = Normalizer()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -87,18 +114,28 @@ class Director:
             self.ipvs.plan(spec, keys, live=dump)  # ConflictError on a foreign service
         return frozenset(s for s in dump.services if (s.family, s.mark) in keys)
 
-    def _plan(self, spec: Specification, current: state.State) -> Plan:
+    def _observe(self, fast: bool = False) -> Any:
+        """The packet filter's live state read once (None: the backend reads per call)."""
+        firewall = self.firewall
+        return firewall.observe(fast) if isinstance(firewall, Transactional) else None
+
+    def _plan(self, spec: Specification, current: state.State, live: Any = None) -> Plan:
+        """The plan from the live kernel to ``spec``; ``live``: the packet filter's state as
+        :meth:`_observe` read it (None: the backend is asked directly)."""
         live_services = self._live_services(current.services, spec)
         want_services = spec.services if self.ipvs is not None else frozenset()
-        repair = tuple(
-            f.detail
-            for f in (self.firewall.findings(spec) if spec.rules else [])
-            if not f.detail.startswith("foreign")
-        )
+        firewall = self.firewall
+        if not spec.rules:
+            findings: list[Finding] = []
+        elif live is not None and isinstance(firewall, Transactional):
+            findings = firewall.table_findings(spec, live)
+        else:
+            findings = firewall.findings(spec)
+        repair = tuple(f.detail for f in findings if not f.detail.startswith("foreign"))
         return Plan.between(
-            self.firewall.name,
-            self.firewall.read(),
-            spec.rules,
+            firewall.name,
+            live.rules if live is not None else firewall.read(),
+            spec.normalized,
             live_services,
             want_services,
             repair=repair,
@@ -106,14 +143,21 @@ class Director:
 
     def plan(self, bundles: Iterable[Bundle]) -> Plan:
         """What :meth:`apply` would add, change and remove now; writes nothing."""
-        return self._plan(specify(bundles), state.load(self.state_file))
+        return self._plan(specify(bundles), state.load(self.state_file), self._observe())
 
     def verify(self, bundles: Iterable[Bundle]) -> Report:
-        """Read the live kernel back and report every drift from ``bundles``."""
+        """Read the live kernel back (fully, never from a cache) and report every drift."""
         bundles = list(bundles)
-        spec = specify(bundles)
-        drift = rule_drift(spec, self.firewall.read())
-        drift += finding_drift(self.firewall.findings(spec), bundles)
+        spec = specify(bundles, memo=self._memo)
+        spec.normalize_with(self._normalizer)
+        firewall = self.firewall
+        if isinstance(firewall, Transactional):
+            live, findings = firewall.inspect(spec)
+            rules = live.rules
+        else:
+            rules, findings = firewall.read(), firewall.findings(spec)
+        drift = rule_drift(spec, rules)
+        drift += finding_drift(findings, bundles)
         if self.ipvs is not None:
             owned = state.load(self.state_file).services
             keys = owned | {(s.family, s.mark) for s in spec.services}
@@ -135,20 +179,54 @@ class Director:
         step undoes the steps already done, so the kernel and the state file are left as they
         were, and re-raises. With nothing to change, nothing is written.
         """
-        spec = specify(bundles)
+        spec = specify(bundles, memo=self._memo)
+        spec.normalize_with(self._normalizer)
         with locked(self.lock_path, self.lock_timeout):
             saved = state.read_text(self.state_file)
             current = state.load(self.state_file)
-            plan = self._plan(spec, current)
+            live = self._observe(fast=True)
+            plan = self._plan(spec, current, live)
             stale = self._stale_firewall(current)
             if not plan and stale is None:
                 if current.pending or current.firewall != self.firewall.name:
                     self._save(spec, current.services if self.ipvs is None else None)
                 return plan
+            change = None
             if plan.rules_changed:
-                self.firewall.check(spec)
-            self._transact(spec, plan, current, stale, saved)
+                plan, change = self._check(spec, current, plan, live)
+            self._transact(spec, plan, current, stale, saved, change=change)
         return plan
+
+    def _check(
+        self, spec: Specification, current: state.State, plan: Plan, live: Any
+    ) -> tuple[Plan, Any]:
+        """Have the kernel validate the packet-filter write; returns the plan and the change.
+
+        A transactional backend dry-runs exactly the delta it will commit. If that fails on a
+        state taken from its own last commit, the table is read in full and planned again
+        before the failure counts. The dry run is skipped when it proves nothing: the state
+        was read in full and no IPVS write comes before the marks (the commit is atomic, so
+        a rejected one changes nothing, as a rejected dry run would).
+        """
+        firewall = self.firewall
+        if not isinstance(firewall, Transactional):
+            firewall.check(spec)
+            return plan, None
+        change = firewall.transaction(spec, live)
+        ipvs_first = self.ipvs is not None and bool(plan.add_services or plan.change_services)
+        if change is None or not (ipvs_first or getattr(live, "cached", True)):
+            return plan, change
+        try:
+            firewall.dry_run(change)
+        except LvsfwError:
+            full = firewall.observe(False)
+            if full == live:
+                raise
+            plan = self._plan(spec, current, full)
+            change = firewall.transaction(spec, full)
+            if change is not None:
+                firewall.dry_run(change)
+        return plan, change
 
     def _stale_firewall(self, current: state.State) -> Optional[PacketFilter]:
         """The packet filter lvsfw used before, if it was another one (its rules must go)."""
@@ -180,6 +258,8 @@ class Director:
         current: state.State,
         stale: Optional[PacketFilter],
         saved: Optional[str],
+        *,
+        change: Any = None,
     ) -> None:
         """Run the steps of :data:`STEPS`; on any failure undo them and restore the state file.
 
@@ -190,7 +270,10 @@ class Director:
         wanted = frozenset((s.family, s.mark) for s in spec.services) if self.ipvs else frozenset()
         owned = current.services | wanted
         state.save(self.state_file, state.State(owned, current.firewall, pending=True))
-        before = self.firewall.snapshot() if plan.rules_changed else None
+        firewall = self.firewall
+        # the undo of the marks: the change's own inverse, or else a snapshot to reload
+        plain = not isinstance(firewall, Transactional)
+        before = firewall.snapshot() if plan.rules_changed and plain else None
         stale_before = stale.snapshot() if stale is not None else None
         added: list[list[str]] = []  # ipvsadm argv lists undoing "ipvs-add", in order
         removed: list[list[str]] = []  # and "ipvs-remove"
@@ -200,9 +283,12 @@ class Director:
             if self.ipvs is not None and (plan.add_services or plan.change_services):
                 added = self.ipvs.apply(spec.services | plan.remove_services, owned)
             self._step("marks")
-            if plan.rules_changed:
+            if change is not None and isinstance(firewall, Transactional):
                 marks_done = True
-                self._write_marks(self.firewall, spec)
+                firewall.commit(change)
+            elif plan.rules_changed and not isinstance(firewall, Transactional):
+                marks_done = True
+                self._write_marks(firewall, spec)
             if stale is not None:
                 stale_done = True
                 stale.remove()
@@ -212,9 +298,14 @@ class Director:
             self._step("commit")
             self._save(spec, None if self.ipvs is not None else current.services)
         except BaseException as exc:
+            undo_marks: Optional[Callable[[], None]] = None
+            if marks_done and change is not None and isinstance(firewall, Transactional):
+                undo_marks = lambda: firewall.commit(change, undo=True)  # noqa: E731
+            elif marks_done and before is not None:
+                undo_marks = lambda: self._write_marks(firewall, before)  # noqa: E731
             undone = self._rollback(
                 exc,
-                before if marks_done else None,
+                undo_marks,
                 stale if stale_done else None,
                 stale_before,
                 (removed, added),
@@ -228,7 +319,7 @@ class Director:
     def _rollback(
         self,
         exc: BaseException,
-        before: Optional[Specification],
+        undo_marks: Optional[Callable[[], None]],
         stale: Optional[PacketFilter],
         stale_before: Optional[Specification],
         undo: tuple[list[list[str]], list[list[str]]],
@@ -245,8 +336,8 @@ class Director:
             steps.append(lambda: ipvs.undo(removed))
         if stale is not None and stale_before is not None:
             steps.append(lambda: self._write_marks(stale, stale_before))
-        if before is not None:
-            steps.append(lambda: self._write_marks(self.firewall, before))
+        if undo_marks is not None:
+            steps.append(undo_marks)
         if ipvs is not None and added:
             steps.append(lambda: ipvs.undo(added))
         undone = True

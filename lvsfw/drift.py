@@ -11,7 +11,7 @@ import attrs
 from lvsfw.backends.base import Finding
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.model import Bundle
-from lvsfw.rules import FwmarkService, MarkRule, Specification
+from lvsfw.rules import FwmarkService, MarkRule, Specification, normalize
 
 #: Kinds of drift, in the order a report lists them.
 KINDS = (
@@ -118,11 +118,22 @@ def _ports(lo: int, hi: int) -> str:
 
 def rule_drift(spec: Specification, live: Iterable[MarkRule]) -> list[Drift]:
     """Missing, changed and extra marks, each naming the bundle and the ports."""
+    live = frozenset(live)
+    want_n = spec.normalized
+    if live == want_n:  # the usual case: every element is exactly one wanted rule
+        return []
+    live_n = normalize(live)
+    # only (vip, protocol) pairs whose canonical rules differ can drift: group just those
+    touched = {(r.vip, r.protocol) for r in want_n ^ live_n}
     groups: dict[tuple[IPAddress, Protocol], tuple[list[MarkRule], list[MarkRule]]] = {}
+    if not touched:
+        return []
     for rule in spec.rules:
-        groups.setdefault((rule.vip, rule.protocol), ([], []))[0].append(rule)
+        if (rule.vip, rule.protocol) in touched:
+            groups.setdefault((rule.vip, rule.protocol), ([], []))[0].append(rule)
     for rule in live:
-        groups.setdefault((rule.vip, rule.protocol), ([], []))[1].append(rule)
+        if (rule.vip, rule.protocol) in touched:
+            groups.setdefault((rule.vip, rule.protocol), ([], []))[1].append(rule)
     found: list[Drift] = []
     for (vip, protocol), (want, have) in groups.items():
         for lo, hi, w, v in _segments(want, spec.owners, have):

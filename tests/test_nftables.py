@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from lvsfw import Bundle, CommandFailed, Family, ParseError, Protocol, specify
 from lvsfw.backends import nftables as nftmod
+from lvsfw.backends import nftsyntax
 from lvsfw.backends.nftables import LiveState, Nftables
 from lvsfw.errors import BackendUnavailable
 from lvsfw.rules import MarkRule, Specification, normalize
@@ -30,19 +31,28 @@ from tests.netlab import Lab, Probe, ensure_kernel, require_kernel, run
 WEB = Bundle("web", "192.0.2.10", "tcp:80,443", 80)
 FTP = Bundle("ftp", "192.0.2.21", "tcp:21,10000-20000", 21, persistence=300)
 
+# Single ports: plain hash maps (no flags); port ranges: interval maps.
 MAP_HEADS = {
     "mark4": "type ipv4_addr . inet_proto . inet_service : mark",
-    "mark6": "type ipv6_addr . inet_proto . inet_service : mark",
+    "markrange4": "type ipv4_addr . inet_proto . inet_service : mark\n\t\tflags interval",
     "masked4": "type ipv4_addr . inet_proto . inet_service : verdict",
+    "maskedrange4": "type ipv4_addr . inet_proto . inet_service : verdict\n\t\tflags interval",
+    "mark6": "type ipv6_addr . inet_proto . inet_service : mark",
+    "markrange6": "type ipv6_addr . inet_proto . inet_service : mark\n\t\tflags interval",
     "masked6": "type ipv6_addr . inet_proto . inet_service : verdict",
+    "maskedrange6": "type ipv6_addr . inet_proto . inet_service : verdict\n\t\tflags interval",
 }
 PREROUTING = """\
 \tchain prerouting {
 \t\ttype filter hook prerouting priority mangle; policy accept;
-\t\tmeta mark set ip daddr . meta l4proto . th dport map @mark4
-\t\tmeta mark set ip6 daddr . meta l4proto . th dport map @mark6
+\t\tmeta mark set ip daddr . meta l4proto . th dport map @mark4 accept
+\t\tmeta mark set ip daddr . meta l4proto . th dport map @markrange4 accept
 \t\tip daddr . meta l4proto . th dport vmap @masked4
+\t\tip daddr . meta l4proto . th dport vmap @maskedrange4
+\t\tmeta mark set ip6 daddr . meta l4proto . th dport map @mark6 accept
+\t\tmeta mark set ip6 daddr . meta l4proto . th dport map @markrange6 accept
 \t\tip6 daddr . meta l4proto . th dport vmap @masked6
+\t\tip6 daddr . meta l4proto . th dport vmap @maskedrange6
 \t}"""
 
 
@@ -50,7 +60,7 @@ def expected(elements: dict[str, list[str]], chains: dict[str, str] | None = Non
     """The script nft itself prints for these map elements and mark chains."""
     blocks = []
     for name, head in MAP_HEADS.items():
-        block = f"\tmap {name} {{\n\t\t{head}\n\t\tflags interval\n"
+        block = f"\tmap {name} {{\n\t\t{head}\n"
         if elements.get(name):
             block += "\t\telements = { " + ",\n\t\t\t     ".join(elements[name]) + " }\n"
         blocks.append(block + "\t}")
@@ -76,10 +86,8 @@ def test_seed_renders_exact_script() -> None:
 
 def test_ftp_range_renders_an_interval() -> None:
     elements = {
-        "mark4": [
-            "192.0.2.21 . tcp . 21 : 0x00000015",
-            "192.0.2.21 . tcp . 10000-20000 : 0x00000015",
-        ]
+        "mark4": ["192.0.2.21 . tcp . 21 : 0x00000015"],
+        "markrange4": ["192.0.2.21 . tcp . 10000-20000 : 0x00000015"],
     }
     assert Nftables().render([FTP]) == expected(elements)
 
@@ -87,16 +95,11 @@ def test_ftp_range_renders_an_interval() -> None:
 def test_ipv6_udp_sctp_render_in_their_maps() -> None:
     dual = Bundle("dns", ["2001:db8::53", "192.0.2.53"], "udp:53 sctp:2905-2906 tcp:53", 0x35)
     elements = {
-        "mark4": [
-            "192.0.2.53 . sctp . 2905-2906 : 0x00000035",
-            "192.0.2.53 . tcp . 53 : 0x00000035",
-            "192.0.2.53 . udp . 53 : 0x00000035",
-        ],
-        "mark6": [
-            "2001:db8::53 . sctp . 2905-2906 : 0x00000035",
-            "2001:db8::53 . tcp . 53 : 0x00000035",
-            "2001:db8::53 . udp . 53 : 0x00000035",
-        ],
+        # a hash map lists by key bytes, little-endian: port (bytes swapped), protocol, address
+        "mark4": ["192.0.2.53 . tcp . 53 : 0x00000035", "192.0.2.53 . udp . 53 : 0x00000035"],
+        "markrange4": ["192.0.2.53 . sctp . 2905-2906 : 0x00000035"],
+        "mark6": ["2001:db8::53 . tcp . 53 : 0x00000035", "2001:db8::53 . udp . 53 : 0x00000035"],
+        "markrange6": ["2001:db8::53 . sctp . 2905-2906 : 0x00000035"],
     }
     assert Nftables().render([dual]) == expected(elements)
 
@@ -132,7 +135,8 @@ def test_render_json_seed() -> None:
         [{"concat": ["192.0.2.10", "tcp", 443]}, 80],
     ]
     assert maps["mark4"]["type"] == ["ipv4_addr", "inet_proto", "inet_service"]
-    assert maps["mark4"]["flags"] == ["interval"]
+    assert "flags" not in maps["mark4"]
+    assert maps["markrange4"]["flags"] == ["interval"]
     assert "elem" not in maps["mark6"]
     chain = next(c["add"]["chain"] for c in commands if "chain" in c["add"])
     assert (chain["hook"], chain["prio"], chain["type"], chain["policy"]) == (
@@ -141,7 +145,7 @@ def test_render_json_seed() -> None:
         "filter",
         "accept",
     )
-    assert sum("rule" in c["add"] for c in commands) == 4
+    assert sum("rule" in c["add"] for c in commands) == 8  # one lookup per map
     replace = Nftables().render_json(specify([WEB]), replace=True)["nftables"]
     assert [next(iter(c)) for c in replace[:3]] == ["add", "delete", "add"]
 
@@ -340,9 +344,9 @@ def test_live_apply_read_diff_remove(netns: str, monkeypatch: pytest.MonkeyPatch
     backend.apply(specify([web2, FTP]))
     assert writes.sent[-1] == {
         "nftables": [
-            {"delete": nftmod.table_object("element", name="mark4", elem=[
+            {"delete": nftsyntax.table_object("element", name="mark4", elem=[
                 {"concat": ["192.0.2.10", "tcp", 443]}])},
-            {"add": nftmod.table_object("element", name="mark4", elem=[
+            {"add": nftsyntax.table_object("element", name="mark4", elem=[
                 [{"concat": ["192.0.2.10", "tcp", 8443]}, 80]])},
         ]
     }  # fmt: skip

@@ -1,25 +1,28 @@
 """The nftables backend: one own table ``inet lvsfw`` loaded through libnftables JSON.
 
-The table has a constant skeleton and data::
+The table has a constant skeleton and data (N = 4 and 6)::
 
-    map mark4   { type ipv4_addr . inet_proto . inet_service : mark;    flags interval }
-    map mark6   { type ipv6_addr . inet_proto . inet_service : mark;    flags interval }
-    map masked4 { type ipv4_addr . inet_proto . inet_service : verdict; flags interval }
-    map masked6 { type ipv6_addr . inet_proto . inet_service : verdict; flags interval }
+    map markN         { type ipvN_addr . inet_proto . inet_service : mark }      single ports
+    map markrangeN    { ... : mark;    flags interval }                          port ranges
+    map maskedN       { ... : verdict }                   single ports, masked marks
+    map maskedrangeN  { ... : verdict; flags interval }   port ranges, masked marks
     chain mark-VVVVVVVV-MMMMMMMM { meta mark set meta mark & KEEP | VVVVVVVV }
     chain prerouting { type filter hook prerouting priority mangle; policy accept;
-        meta mark set ip daddr . meta l4proto . th dport map @mark4   (and ip6, @mark6)
-        ip daddr . meta l4proto . th dport vmap @masked4              (and ip6, @masked6) }
+        meta mark set ip daddr . meta l4proto . th dport map @mark4 accept  (and the others) }
 
-A packet costs one interval-map lookup per family whatever the number of bundles. A full-mask
-mark is the datum of ``markN``. A masked mark must keep the packet's bits outside the mask, and
-nft 1.0.6 cannot OR a map's result into the mark (the right side of ``|`` must be a constant),
-so a masked mark is an element of ``maskedN`` jumping (goto) to a one-rule chain per distinct
-(mark, mask) that does ``meta mark & ~mask | mark`` with constants. nft prints that AND operand
-as ``~mask | mark`` (it folds the mark's bits in); lvsfw renders the same canonical form.
+Single ports live in plain hash maps (``nft_set_hash``: O(1) per packet); only ranges live in
+interval maps, whose kernel type (pipapo) ANDs bitmaps with a bit per element. A full-mask
+mark is the datum of ``mark*``. A masked mark must keep the packet's bits outside the mask,
+and nft 1.0.6 cannot OR a map's result into the mark (the right side of ``|`` must be a
+constant), so a masked mark is an element of ``masked*`` jumping (goto) to a one-rule chain
+per distinct (mark, mask) doing ``meta mark & ~mask | mark`` with constants. nft prints that
+AND operand as ``~mask | mark`` (it folds the mark's bits in); lvsfw renders the same form.
 
 Writes are single libnftables transactions: the whole table when it is absent (or replaced
-after drift), otherwise only the map elements and mark chains that differ.
+after drift), otherwise only the map elements and mark chains that differ; each comes with
+its inverse, which is the undo. The live table is read once per apply, or not at all while
+the namespace's nf_tables generation is the one lvsfw's own last commit produced (see
+:mod:`lvsfw.backends.nftgen`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
 from lvsfw.backends.base import Finding, PacketFilter
+from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, written
+from lvsfw.backends.nftgen import Generation, generation
 from lvsfw.backends.nftsyntax import (
-    ADDR,
     FAMILY,
     INSTALL_HINT,
     MAPS,
     PARSE_ERRORS,
+    PROTO_NAME,
     SKELETON,
     TABLE,
     TABLE_OBJ,
@@ -44,19 +49,13 @@ from lvsfw.backends.nftsyntax import (
     LiveState,
     T,
     Table,
-    add_mark_chain,
     analyse,
-    desired,
-    element_list,
-    elements,
     kept_bits,
-    key_text,
     map_type,
     mark_line,
     parse_json_table,
     parse_text,
     sorted_elements,
-    table_object,
 )
 from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.netns import call_in_netns
@@ -101,15 +100,21 @@ def _mark_setter(expr: object) -> bool:
     return '"mangle": {"key": {"meta": {"key": "mark"}}' in text
 
 
-def foreign_overrides(items: list[Any]) -> list[Finding]:
-    """Foreign prerouting base chains at priority >= mangle whose rules set the mark."""
-    late: set[tuple[str, str, str]] = set()
+def foreign_overrides_candidates(items: list[Any]) -> list[Json]:
+    """The foreign prerouting base chains at priority >= mangle among listed ``items``."""
+    late = []
     for item in items:
         chain = item.get("chain") if isinstance(item, dict) else None
         if not chain or (chain.get("family"), chain.get("table")) == (FAMILY, TABLE):
             continue
         if chain.get("hook") == "prerouting" and int(chain.get("prio", 0)) >= MANGLE_PRIORITY:
-            late.add((chain["family"], chain["table"], chain["name"]))
+            late.append(chain)
+    return late
+
+
+def foreign_overrides(items: list[Any]) -> list[Finding]:
+    """Foreign prerouting base chains at priority >= mangle whose rules set the mark."""
+    late = {(c["family"], c["table"], c["name"]) for c in foreign_overrides_candidates(items)}
     found = []
     for item in items:
         rule = item.get("rule") if isinstance(item, dict) else None
@@ -129,6 +134,8 @@ class Nftables(PacketFilter):
         super().__init__(netns)
         #: The transaction the last :meth:`apply` sent (None: it wrote nothing).
         self.last_transaction: Optional[Json] = None
+        #: The nf_tables generation lvsfw's last commit produced, and what it wrote.
+        self._written: Optional[tuple[Generation, LiveState]] = None
 
     @classmethod
     def available(cls) -> None:
@@ -145,14 +152,21 @@ class Nftables(PacketFilter):
 
     def render_spec(self, spec: Specification) -> str:
         """The ``nft -f`` script of the whole table, in the format ``nft list`` prints."""
-        content, chains = desired(spec.rules)
+        target = Target.of(spec.rules)
+        content, chains = target.content, target.chains
         blocks = []
-        for name, (family, kind) in MAPS.items():
-            head = f"\tmap {name} {{\n\t\ttype {map_type(family, kind)}\n\t\tflags interval\n"
-            items = [
-                f"{key_text(k)} : " + (f"{v:#010x}" if isinstance(v, int) else f"goto {v}")
-                for k, v in sorted_elements(content[name])
-            ]
+        texts: dict[object, str] = {}
+        for name, (family, kind, interval) in MAPS.items():
+            flags = "\t\tflags interval\n" if interval else ""
+            head = f"\tmap {name} {{\n\t\ttype {map_type(family, kind)}\n{flags}"
+            items = []
+            for (vip, proto, lo, hi), value in sorted_elements(content[name], interval):
+                address = texts.get(vip)
+                if address is None:
+                    address = texts[vip] = str(vip)
+                ports = str(lo) if lo == hi else f"{lo}-{hi}"
+                datum = f"{value:#010x}" if isinstance(value, int) else f"goto {value}"
+                items.append(f"{address} . {PROTO_NAME[proto]} . {ports} : {datum}")
             if items:
                 head += "\t\telements = { " + ",\n\t\t\t     ".join(items) + " }\n"
             blocks.append(head + "\t}")
@@ -165,24 +179,7 @@ class Nftables(PacketFilter):
 
     def render_json(self, spec: Specification, replace: bool = False) -> Json:
         """The libnftables JSON creating the whole table (``replace``: deleting it first)."""
-        content, chains = desired(spec.rules)
-        commands: list[Json] = [{"add": TABLE_OBJ}]
-        if replace:
-            commands += [{"delete": TABLE_OBJ}, {"add": TABLE_OBJ}]
-        for name, (mark, mask) in sorted(chains.items()):
-            commands += add_mark_chain(name, mark, mask)
-        for name, (family, kind) in MAPS.items():
-            key_type = [ADDR[family][1], "inet_proto", "inet_service"]
-            body = table_object("map", name=name, type=key_type, map=kind, flags=["interval"])
-            if content[name]:
-                body["map"]["elem"] = element_list(sorted_elements(content[name]))
-            commands.append({"add": body})
-        hook = dict(
-            zip(("type", "hook", "prio", "policy"), ("filter", "prerouting", -150, "accept"))
-        )
-        commands.append({"add": table_object("chain", name="prerouting", **hook)})
-        commands += [{"add": table_object("rule", chain="prerouting", expr=e)} for _, e in SKELETON]
-        return {"nftables": commands}
+        return full_table(Target.of(spec.rules), replace)
 
     def parse(self, text: str) -> frozenset[MarkRule]:
         """The mark rules of table inet lvsfw in a rendered script or ``nft list`` output."""
@@ -225,56 +222,136 @@ class Nftables(PacketFilter):
             raise ParseError("nftables", str(dump)[:80], f"unexpected listing ({exc})") from exc
         return LiveState(False) if table is None else analyse(table)
 
+    def observe(self, fast: bool = False) -> LiveState:
+        """The live table, read once (one listing) for a whole plan/check/apply.
+
+        ``fast``: when the namespace's nf_tables generation is the one lvsfw's own last commit
+        produced (nothing at all was committed since, by anyone), return what that commit
+        wrote without listing the table. Drift checks never pass ``fast``.
+        """
+
+        def work(ctx: Context) -> LiveState:
+            if fast and self._written is not None and generation() == self._written[0]:
+                return self._written[1]
+            return self._live(ctx)
+
+        return self._in_netns(work)
+
     def live_state(self) -> LiveState:
         """The live table: rules, and every departure from lvsfw's layout (for drift)."""
-        return self._in_netns(self._live)
+        return self.observe()
 
     def read(self) -> frozenset[MarkRule]:
         """The mark rules the live table applies (empty when it is absent)."""
-        return self.live_state().rules
+        return self.observe().rules
 
-    def _plan(self, ctx: Context, spec: Specification) -> Optional[Json]:
-        live = self._live(ctx)
+    def table_findings(self, spec: Specification, live: LiveState) -> list[Finding]:
+        """The own table missing or departing from lvsfw's layout, as ``live`` shows it."""
+        found = [Finding(f"table {FAMILY} {TABLE}: {p}") for p in live.problems]
+        if not live.exists and spec.rules:
+            found.append(Finding(f"table {FAMILY} {TABLE} is missing"))
+        return found
+
+    def transaction(
+        self, spec: Specification, live: LiveState, drop_empty: bool = True
+    ) -> Optional[Change]:
+        """The transaction turning ``live`` into ``spec``, with its inverse (None: no change).
+
+        Only the difference when the table is intact; the whole table (replacing a damaged
+        one) otherwise; the table's deletion for an empty ``spec``. The inverse restores the
+        rules ``live`` held. ``drop_empty``: an empty ``spec`` deletes the table (else it
+        leaves the empty skeleton).
+        """
+        target = Target.of(spec.normalized)
+        if drop_empty and not spec.rules:
+            if not live.exists:
+                return None
+            return Change({"nftables": [{"delete": TABLE_OBJ}]}, self._restore(live), None)
         if not live.intact:
-            return self.render_json(spec, replace=live.exists)
-        content, chains = desired(spec.rules)
-        added, deleted = chains.keys() - live.chains.keys(), live.chains.keys() - chains.keys()
-        commands = [c for name in sorted(added) for c in add_mark_chain(name, *chains[name])]
-        adds: list[Json] = []
-        for name in MAPS:
-            have, want = live.content.get(name, {}), content[name]
-            commands += elements(
-                "delete", name, sorted_elements(dict(have.items() - want.items())), False
-            )
-            adds += elements("add", name, sorted_elements(dict(want.items() - have.items())), True)
-        commands += adds + [
-            {"delete": table_object("chain", name=name)} for name in sorted(deleted)
-        ]
-        return {"nftables": commands} if commands else None
+            return Change(full_table(target, live.exists), self._restore(live), target)
+        have = live.target
+        if have is None:
+            have = Target(live.rules, live.content, live.chains)
+        both = deltas(have, target)
+        return None if both is None else Change(*both, target)
 
-    def plan(self, spec: Specification) -> Optional[Json]:
-        """The transaction :meth:`apply` would send now (None: nothing to write)."""
-        return self._in_netns(lambda ctx: self._plan(ctx, spec))
+    @staticmethod
+    def _restore(live: LiveState) -> Json:
+        if not live.exists:
+            return {"nftables": [{"delete": TABLE_OBJ}]}
+        return full_table(Target.of(live.rules), True)
 
-    def check(self, spec: Specification) -> None:
-        """Have libnftables and the kernel validate replacing the table by ``spec`` (dry run)."""
+    def dry_run(self, change: Change) -> None:
+        """Have libnftables and the kernel validate ``change`` (nothing is committed)."""
 
         def work(ctx: Context) -> None:
             ctx.set_dry_run(True)
-            ctx.json(self.render_json(spec, replace=True), self._argv("--check", "-j", "-f", "-"))
+            ctx.json(change.forward, self._argv("--check", "-j", "-f", "-"))
 
         self._in_netns(work)
 
+    def commit(self, change: Change, undo: bool = False) -> None:
+        """Send ``change`` (``undo``: its inverse) as one atomic transaction.
+
+        Remembers what the table holds afterwards, keyed by the nf_tables generation, when
+        the generation moved by exactly this one commit (see :meth:`observe`).
+        """
+        transaction = change.inverse if undo else change.forward
+
+        def work(ctx: Context) -> None:
+            self._written = None
+            before = generation()
+            ctx.json(transaction, self._argv("-j", "-f", "-"))
+            after = generation()
+            if before is None or after is None or after != (before[0], before[1] + 1) or undo:
+                return
+            self._written = (after, written(change.target))
+
+        self._in_netns(work)
+        self.last_transaction = transaction
+
+    def plan(self, spec: Specification) -> Optional[Json]:
+        """The transaction :meth:`apply` would send now (None: nothing to write)."""
+        change = self.transaction(spec, self.observe())
+        return None if change is None else change.forward
+
+    def check(self, spec: Specification) -> None:
+        """Have libnftables and the kernel validate replacing the table by ``spec`` (dry run)."""
+        self.dry_run(Change(self.render_json(spec, replace=True), {}, None))
+
     def apply(self, spec: Specification) -> None:
         """Make the table equal ``spec`` in one transaction: only the difference, or nothing."""
+        change = self.transaction(spec, self.observe(), drop_empty=False)
+        if change is None:
+            self.last_transaction = None
+            return
+        self.commit(change)
 
-        def work(ctx: Context) -> Optional[Json]:
-            transaction = self._plan(ctx, spec)
-            if transaction is not None:
-                ctx.json(transaction, self._argv("-j", "-f", "-"))
-            return transaction
+    def _foreign(self, ctx: Context) -> list[Finding]:
+        """Foreign prerouting chains that re-mark packets (own elements are never listed)."""
+        listing = ctx.json(
+            {"nftables": [{"list": {"chains": None}}]}, self._argv("-j", "list", "chains")
+        )
+        chains = [i for i in listing.get("nftables", []) if isinstance(i, dict) and "chain" in i]
+        items: list[Any] = list(chains)
+        for item in foreign_overrides_candidates(chains):
+            words = (item["family"], item["table"], item["name"])
+            command = {
+                "nftables": [{"list": {"chain": dict(zip(("family", "table", "name"), words))}}]
+            }
+            items += ctx.json(command, self._argv("-j", "list", "chain", *words)).get(
+                "nftables", []
+            )
+        return foreign_overrides(items)
 
-        self.last_transaction = self._in_netns(work)
+    def inspect(self, spec: Specification) -> tuple[LiveState, list[Finding]]:
+        """One full read for drift: the live table, and every finding :meth:`findings` gives."""
+
+        def work(ctx: Context) -> tuple[LiveState, list[Finding]]:
+            live = self._live(ctx)
+            return live, self.table_findings(spec, live) + self._foreign(ctx)
+
+        return self._in_netns(work)
 
     def findings(self, spec: Specification) -> list[Finding]:
         """The own table missing or altered; foreign prerouting chains that re-mark packets.
@@ -283,19 +360,7 @@ class Nftables(PacketFilter):
         that sets ``meta mark`` may override the bundles' marks. (An ``accept`` elsewhere does
         not skip lvsfw's chain: every base chain of a hook sees the packet.)
         """
-
-        def work(ctx: Context) -> list[Finding]:
-            live = self._live(ctx)
-            found = [Finding(f"table {FAMILY} {TABLE}: {p}") for p in live.problems]
-            if not live.exists and spec.rules:
-                found.append(Finding(f"table {FAMILY} {TABLE} is missing"))
-            listing = ctx.json(
-                {"nftables": [{"list": {"ruleset": None}}]}, self._argv("-j", "list", "ruleset")
-            )
-            found += foreign_overrides(listing.get("nftables", []))
-            return found
-
-        return self._in_netns(work)
+        return self.inspect(spec)[1]
 
     def remove(self) -> None:
         """Delete table inet lvsfw if it exists; nothing else is touched."""

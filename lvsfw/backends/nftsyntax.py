@@ -7,6 +7,7 @@ Everything here is pure: it builds the libnftables JSON lvsfw sends and reads ba
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -32,14 +33,18 @@ Json = dict[str, Any]
 Content = dict[str, dict[Key, Value]]
 T = TypeVar("T")
 
-#: map name -> (family, datum kind): the skeleton's maps.
-MAPS: dict[str, tuple[Family, str]] = {
-    "mark4": (Family.IPV4, "mark"),
-    "mark6": (Family.IPV6, "mark"),
-    "masked4": (Family.IPV4, "verdict"),
-    "masked6": (Family.IPV6, "verdict"),
+#: map name -> (family, datum kind, interval): the skeleton's maps. Single ports live in
+#: plain hash maps (O(1) per packet); only port ranges live in interval maps (pipapo, whose
+#: lookup grows with the number of elements).
+MAPS: dict[str, tuple[Family, str, bool]] = {
+    f"{kind}{span}{family.value[-1]}": (family, datum, bool(span))
+    for family in Family
+    for kind, datum in (("mark", "mark"), ("masked", "verdict"))
+    for span in ("", "range")
 }
 ADDR = {Family.IPV4: ("ip", "ipv4_addr"), Family.IPV6: ("ip6", "ipv6_addr")}
+#: Protocol -> its name (``Enum.value`` is a slow descriptor in hot loops)
+PROTO_NAME = {p: p.value for p in Protocol}
 _PROTOCOLS = {**{p.value: p for p in Protocol}, **{str(p.number): p for p in Protocol}}
 _CHAIN = re.compile(r"^mark-([0-9a-f]{8})-([0-9a-f]{8})$")
 _NUMBER = r"(0x[0-9a-f]{1,8}|[1-9][0-9]{0,9})"
@@ -67,19 +72,23 @@ def _mark_json(keep: int, mark: int) -> list[Json]:
     return [{"mangle": {"key": _META_MARK, "value": {"|": [left, mark]}}}]
 
 
-def _lookup(family: Family, masked: bool) -> tuple[str, list[Json]]:
+def _lookup(name: str) -> tuple[str, list[Json]]:
     """One skeleton rule of chain prerouting: its text and its libnftables JSON."""
-    proto, name = ADDR[family][0], f"{'masked' if masked else 'mark'}{family.value[-1]}"
+    family, kind, _ = MAPS[name]
+    proto, masked = ADDR[family][0], kind == "verdict"
     fields = [("payload", proto, "daddr"), ("meta", "", "l4proto"), ("payload", "th", "dport")]
     key = {"concat": [{k: {"protocol": p, "field": f} if p else {"key": f}} for k, p, f in fields]}
     text = f"{proto} daddr . meta l4proto . th dport"
     if masked:
         return f"{text} vmap @{name}", [{"vmap": {"key": key, "data": f"@{name}"}}]
     value = {"map": {"key": key, "data": f"@{name}"}}
-    return f"meta mark set {text} map @{name}", [{"mangle": {"key": _META_MARK, "value": value}}]
+    mangle = {"mangle": {"key": _META_MARK, "value": value}}
+    return f"meta mark set {text} map @{name} accept", [mangle, {"accept": None}]
 
 
-SKELETON = tuple(_lookup(family, masked) for masked in (False, True) for family in Family)
+#: Chain prerouting: a hit in a mark map accepts (later lookups are skipped); a hit in a
+#: masked map jumps (goto) to a mark chain, which ends the chain too.
+SKELETON = tuple(_lookup(name) for name in MAPS)
 
 
 def _rule_line(expr: Any) -> str:
@@ -109,21 +118,59 @@ def _key(address: object, protocol: object, first: object, last: object) -> Key:
     lo, hi = int(str(first)), int(str(last))
     if not 1 <= lo <= hi <= 65535:
         raise ParseError("nftables", f"{first}-{last}", "expected ports 1..65535, first <= last")
-    return (ipaddress.ip_address(address), proto, lo, hi)
+    return (_address(address), proto, lo, hi)
 
 
-def sorted_elements(elements: dict[Key, Value]) -> list[tuple[Key, Value]]:
-    return sorted(elements.items(), key=lambda kv: (kv[0][0].version, int(kv[0][0]), kv[0][1:]))
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> IPAddress:
+    """A parsed address (a listing repeats each VIP once per port: parse it once)."""
+    return ipaddress.ip_address(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_text(address: IPAddress) -> str:
+    return str(address)
+
+
+def _hash_order(kv: tuple[Key, Value]) -> tuple[int, int, int]:
+    """nft lists a hash map's elements by the key's bytes read as one little-endian number
+    (last byte most significant): port bytes swapped, then protocol, then address bytes."""
+    address, protocol, port = kv[0][0], kv[0][1], kv[0][2]
+    swapped = ((port & 0xFF) << 8) | (port >> 8)
+    return (swapped, _PROTO_NUMBER[protocol], _little(address))
+
+
+_PROTO_NUMBER = {p: p.number for p in Protocol}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _little(address: IPAddress) -> int:
+    return int.from_bytes(address.packed, "little")
+
+
+def _interval_order(kv: tuple[Key, Value]) -> tuple[int, int, str, int, int]:
+    key = kv[0]
+    return (key[0].version, int(key[0]), PROTO_NAME[key[1]], key[2], key[3])
+
+
+def sorted_elements(elements: dict[Key, Value], interval: bool) -> list[tuple[Key, Value]]:
+    """``elements`` in the order ``nft list`` prints them for that kind of map."""
+    return sorted(elements.items(), key=_interval_order if interval else _hash_order)
 
 
 def key_text(key: Key) -> str:
     ports = str(key[2]) if key[2] == key[3] else f"{key[2]}-{key[3]}"
-    return f"{key[0]} . {key[1].value} . {ports}"
+    return f"{key[0]} . {PROTO_NAME[key[1]]} . {ports}"
+
+
+def map_name(masked: bool, interval: bool, family: Family) -> str:
+    """The skeleton map holding a key of ``family`` with that kind of datum and port span."""
+    return f"{'masked' if masked else 'mark'}{'range' if interval else ''}{family.value[-1]}"
 
 
 def _key_json(key: Key) -> Json:
     port: object = key[2] if key[2] == key[3] else {"range": [key[2], key[3]]}
-    return {"concat": [str(key[0]), key[1].value, port]}
+    return {"concat": [_address_text(key[0]), PROTO_NAME[key[1]], port]}
 
 
 def _value_json(value: Value) -> object:
@@ -152,19 +199,37 @@ def elements(verb: str, name: str, items: list[tuple[Key, Value]], data: bool) -
     )
 
 
+def chain_name(mark: int, mask: int) -> str:
+    """The mark chain setting ``mark`` under ``mask``."""
+    return f"mark-{mark:08x}-{mask:08x}"
+
+
+def placement(rule: MarkRule) -> tuple[str, Value]:
+    """The map holding ``rule`` (in lvsfw's layout) and the element's datum."""
+    masked, interval = rule.mask & FULL != FULL, rule.first_port != rule.last_port
+    name = map_name(masked, interval, rule.family)
+    return name, chain_name(rule.mark, rule.mask) if masked else rule.mark
+
+
 def desired(rules: Iterable[MarkRule]) -> tuple[Content, dict[str, tuple[int, int]]]:
     """Map contents and mark chains for ``rules`` (normalized first)."""
     content: Content = {name: {} for name in MAPS}
     chains: dict[str, tuple[int, int]] = {}
+    names = {
+        (masked, interval, family): map_name(masked, interval, family)
+        for masked in (False, True)
+        for interval in (False, True)
+        for family in Family
+    }
     for rule in normalize(rules):
-        key = (rule.vip, rule.protocol, rule.first_port, rule.last_port)
-        suffix = Family.of(rule.vip).value[-1]
+        lo, hi = rule.first_port, rule.last_port
+        key = (rule.vip, rule.protocol, lo, hi)
         if rule.mask & FULL == FULL:
-            content[f"mark{suffix}"][key] = rule.mark
+            content[names[False, lo != hi, rule.family]][key] = rule.mark
         else:
-            name = f"mark-{rule.mark:08x}-{rule.mask:08x}"
+            name = chain_name(rule.mark, rule.mask)
             chains[name] = (rule.mark, rule.mask)
-            content[f"masked{suffix}"][key] = name
+            content[names[True, lo != hi, rule.family]][key] = name
     return content, chains
 
 
@@ -205,6 +270,13 @@ class LiveState:
     unresolved: tuple[str, ...] = attrs.field(default=(), repr=False)
     content: Content = attrs.field(factory=dict, eq=False, repr=False)
     chains: dict[str, tuple[int, int]] = attrs.field(factory=dict, eq=False, repr=False)
+    #: What lvsfw itself wrote (set instead of content/chains when known without a read).
+    target: Any = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def cached(self) -> bool:
+        """Known from lvsfw's own last commit rather than read from the kernel."""
+        return self.target is not None
 
     @property
     def intact(self) -> bool:
@@ -248,8 +320,9 @@ def analyse(table: Table) -> LiveState:
         if name not in MAPS:
             problems.append(f"unexpected map {name}")
             continue
-        family, kind = MAPS[name]
-        if found.type != map_type(family, kind) or found.flags != {"interval"}:
+        family, kind, interval = MAPS[name]
+        flags = {"interval"} if interval else set()
+        if found.type != map_type(family, kind) or found.flags != flags:
             problems.append(f"map {name}: type {found.type!r}, flags {sorted(found.flags)}")
         content[name] = {}
         for key, value in found.elements.items():
