@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
-from lvsfw.enums import IPAddress, Protocol
 from lvsfw.errors import ConflictError
 from lvsfw.model import Bundle
 
@@ -18,24 +18,27 @@ def _check_names(bundles: Sequence[Bundle]) -> None:
 
 
 def _check_ports(bundles: Sequence[Bundle]) -> None:
-    """No (family, vip, protocol, port) may be claimed by two bundles."""
-    spans: dict[tuple[IPAddress, Protocol], list[tuple[int, int, str]]] = {}
-    for bundle in bundles:
-        for vip in bundle.vips:
-            for r in bundle.ports:
-                spans.setdefault((vip, r.protocol), []).append(
-                    (r.first_port, r.last_port, bundle.name)
-                )
-    for (vip, protocol), items in spans.items():
-        items.sort()
-        for (_, last_a, name_a), (first_b, _, name_b) in zip(items, items[1:]):
-            if first_b <= last_a:
-                raise ConflictError(
-                    f"bundles {name_a!r} and {name_b!r} both claim {vip} {protocol} port "
-                    f"{first_b}: one VIP:port can carry one mark only",
-                    name_a,
-                    name_b,
-                )
+    """No (family, vip, protocol, port) may be claimed by two bundles.
+
+    One flat sort of (family, address, protocol, first, last, name): intervals of one
+    (vip, protocol) end up adjacent and ordered, so an overlap shows between neighbours.
+    """
+    spans = [
+        (vip.version, int(vip), r.protocol, r.first_port, r.last_port, bundle.name)
+        for bundle in bundles
+        for vip in bundle.vips
+        for r in bundle.ports.ranges
+    ]
+    spans.sort()
+    for a, b in zip(spans, spans[1:]):
+        if a[:3] == b[:3] and b[3] <= a[4]:
+            vip = ipaddress.IPv4Address(a[1]) if a[0] == 4 else ipaddress.IPv6Address(a[1])
+            raise ConflictError(
+                f"bundles {a[5]!r} and {b[5]!r} both claim {vip} {a[2]} port "
+                f"{b[3]}: one VIP:port can carry one mark only",
+                a[5],
+                b[5],
+            )
 
 
 def _check_marks(bundles: Sequence[Bundle]) -> None:
