@@ -100,14 +100,21 @@ def floor(lab: Lab, name: str, spec: Specification, workdir: str) -> Result:
             return {"tool": "nft -f", "load_s": load, "list_s": listing}
         binaries: dict[Family, tuple[str, str]] = getattr(backend, "binaries")  # noqa: B009
         family_text: Callable[[Specification, Family], str] = getattr(backend, "family_text")  # noqa: B009
+        ipset_text: Callable[[Specification], str] = getattr(backend, "ipset_text")  # noqa: B009
         load = listing = 0.0
+        sets = ipset_text(spec)
+        if sets:  # the sets first: the rules name them
+            path = _file(workdir, "floor.ipset", sets)
+            load += timed(in_ns(ns, "ipset", "-exist", "restore", "-file", path))
+            listing += timed(in_ns(ns, "ipset", "save"))
         for family in Family:
             if any(r.family == family for r in spec.rules):
                 restore, save = binaries[family]
                 path = _file(workdir, f"floor-{family.value}.rules", family_text(spec, family))
                 load += timed(in_ns(ns, restore, "--noflush", path))
                 listing += timed(in_ns(ns, save, "-t", "mangle"))
-        return {"tool": "iptables-restore --noflush (ip + ip6)", "load_s": load, "list_s": listing}
+        tool = "ipset restore + iptables-restore --noflush (ip + ip6)"
+        return {"tool": tool, "load_s": load, "list_s": listing}
     finally:
         lab.delete(ns)
 

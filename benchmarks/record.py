@@ -1,8 +1,8 @@
 """What lvsfw asked of the kernel tools during one call: reads, dry runs and writes, and sizes.
 
 Instrumentation only: it wraps, for the duration of a ``with`` block, the one method through
-which each backend talks to its tool (libnftables ``Context.json``, ``Iptables._run``), and
-restores it afterwards. Nothing about what is sent changes.
+which each backend talks to its tool (libnftables ``Context.json``; ``Iptables._run``, for the
+iptables tools and ``ipset``), and restores it afterwards. Nothing about what is sent changes.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def _nft_size(command: Any) -> tuple[str, int]:
     return ("read" if verbs <= {"list"} else "write"), size
 
 
+def _is_read(tool: str, argv: list[str], stdin: Optional[str]) -> bool:
+    """``*-save``, ``ipset list``/``save``, or an ``ipset restore`` of ``list`` lines only."""
+    if tool.endswith("-save"):
+        return True
+    verbs = [w for w in argv[1:] if not w.startswith("-")]
+    if tool != "ipset" or not verbs:
+        return False
+    if verbs[0] in {"list", "save"}:
+        return True
+    commands = {line.split()[0] for line in (stdin or "").splitlines() if line.strip()}
+    return verbs[0] == "restore" and bool(commands) and commands <= {"list", "save"}
+
+
 def _context_class() -> Optional[type]:
     module = importlib.import_module("lvsfw.backends.nftables")
     found = getattr(module, "Context", None) or getattr(module, "_Context", None)
@@ -82,7 +95,13 @@ def recording() -> Iterator[Log]:
 
         def run(self: Any, argv: list[str], stdin: Optional[str] = None) -> str:
             tool = os.path.basename(argv[0])
-            kind = "read" if tool.endswith("-save") else "dry-run" if "--test" in argv else "write"
+            kind = (
+                "read"
+                if _is_read(tool, argv, stdin)
+                else "dry-run"
+                if "--test" in argv
+                else "write"
+            )
             log.calls.append(Call(kind, tool, stdin.count("\n") if stdin else 0))
             return str(original_run(self, argv, stdin))
 

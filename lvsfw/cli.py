@@ -375,7 +375,7 @@ def save(file: str, directory: str, as_json: bool, **flags: Any) -> None:
     "rules_file",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="iptables-save and/or 'nft list ruleset' output holding the marks.",
+    help="iptables-save (with ipset save) and/or 'nft list ruleset' output holding the marks.",
 )
 @click.option("--live", is_flag=True, help="Read the marks from the live kernel instead.")
 @click.option("--netns", metavar="NAME", help="With --live: the network namespace to read.")

@@ -30,11 +30,14 @@ _PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", 
 class Transactional(Protocol):
     """A packet filter that reads its live state once and writes (and undoes) deltas.
 
-    ``observe(fast)`` returns the live state (``.rules``, ``.exists``, ``.problems``) in one
-    read; ``fast`` lets it trust its own last commit while the kernel provably did not change.
-    ``transaction(spec, live)`` the change from ``live`` to ``spec`` (``.forward``,
-    ``.inverse``) or None; ``dry_run`` has the kernel validate it; ``commit(change, undo)``
-    sends it or its inverse; ``table_findings``/``inspect`` the structural findings.
+    ``observe(fast)`` returns the live state in one read: its ``.rules`` are the mark rules in
+    force; ``fast`` lets it trust its own last commit while the kernel provably did not change
+    (``.cached`` says whether it did; a state without ``.cached`` is always dry-run first).
+    ``transaction(spec, live)`` the change from ``live`` to ``spec``, or None; ``dry_run`` has
+    the kernel validate it; ``commit(change, undo)`` sends it or undoes it;
+    ``table_findings``/``inspect`` the structural findings. nftables (one atomic transaction,
+    the inverse as undo) and the iptables flavours (sets, then each family's table; a reload
+    of the rules read as undo) implement it.
     """
 
     def observe(self, fast: bool = False) -> Any: ...

@@ -269,8 +269,13 @@ def parse_keepalived(text: str, source: str = "keepalived.conf") -> tuple[list[S
 
 
 def read_live(netns: Optional[str] = None) -> Scan:
-    """The mark rules of the live kernel (``nft list ruleset`` and every ``*-save``)."""
+    """The mark rules of the live kernel (``nft list ruleset`` and every ``*-save``, with
+    ``ipset save`` for the sets a ``-j SET --map-mark`` rule classifies through)."""
     found = Scan()
+    try:
+        ipsets = (run(["ipset", "save"], netns=netns), "live ipset save")
+    except LvsfwError:  # no ipset program or kernel support: no set can classify
+        ipsets = ("", "live ipset save")
     for argv in LIVE_DUMPS:
         try:
             text = run(list(argv), netns=netns)
@@ -279,7 +284,7 @@ def read_live(netns: Optional[str] = None) -> Scan:
         except CommandFailed as exc:
             found.warnings.append(f"{argv[0]}: could not read the rules: {exc.stderr.strip()}")
             continue
-        found.extend(scan(text, f"live {argv[0]}", quiet_xt=True))
+        found.extend(scan(text, f"live {argv[0]}", quiet_xt=True, ipsets=ipsets))
     return found
 
 

@@ -6,6 +6,10 @@ what lvsfw owns, this reads every rule that sets a packet mark, wherever it is:
 
 - ``iptables-save`` / ``ip6tables-save`` output (either flavour), and shell lines such as
   ``iptables -t mangle -A PREROUTING -d VIP -p tcp --dport 80 -j MARK --set-mark 80``;
+- the members ``add SET VIP,proto:port ... skbmark V[/M]`` of each ipset (``ipset save``
+  output, or the ``# ipset`` section lvsfw renders) that a rule ``-m set --match-set SET
+  dst,dst -j SET --map-set SET dst,dst --map-mark`` classifies (as lvsfw's iptables
+  backends do for single ports); the ``add`` lines may come before or after the rule;
 - ``nft list ruleset`` output: ``ip daddr VIP tcp dport { 80, 443 } meta mark set 0x50``,
   anonymous and named sets, ``meta l4proto { tcp, udp } th dport``, masked marks, and lvsfw's
   own ``inet lvsfw`` table (its interval maps).
@@ -16,11 +20,13 @@ match, a destination network, negation, a source match) is reported as a warning
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import shlex
 import socket
 from collections.abc import Iterator
+from typing import Optional
 
 import attrs
 
@@ -42,6 +48,12 @@ _NFT_L4 = re.compile(r"\b(?:meta\s+l4proto|ip\s+protocol|ip6\s+nexthdr)\s+(\{[^}
 _NFT_DPORT = re.compile(r"\b(tcp|udp|sctp|th)\s+dport\s+(!=\s*)?(\{[^}]*\}|@\S+|\S+)")
 _NFT_COMMENT = re.compile(r'\bcomment\s+"([^"]*)"')
 _XT = re.compile(r"\bxt\s+(?:match|target)\b|# xt_")
+#: lvsfw's own iptables chain: its sets' member comments are bundle names.
+_OWN_CHAIN = "LVSFW-PREROUTING"
+#: ipset member options that do not change which packets get which mark.
+_MEMBER_NOISE = {"timeout", "packets", "bytes", "skbprio", "skbqueue"}
+#: One ipset ``add`` line: (``SOURCE:LINE``, its words after the set name).
+Member = tuple[str, list[str]]
 
 
 @attrs.frozen(order=True)
@@ -198,14 +210,8 @@ def _xt_rule(tokens: list[str], where: str) -> list[FoundRule]:
         raise _Skip("no destination (-d): the VIP is not known")
     if "-p" not in options:
         raise _Skip("no protocol (-p): lvsfw bundles ports of tcp, udp or sctp")
-    port_text = next(
-        (
-            options[o]
-            for o in ("--dport", "--destination-port", "--dports", "--destination-ports")
-            if o in options
-        ),
-        None,
-    )
+    names = ("--dport", "--destination-port", "--dports", "--destination-ports")
+    port_text = next((options[o] for o in names if o in options), None)
     if port_text is None:
         raise _Skip("no destination port match: it marks every port")
     if ignored:
@@ -216,9 +222,56 @@ def _xt_rule(tokens: list[str], where: str) -> list[FoundRule]:
     return _rules(_xt_mark(options), vips, protocols, ranges, where=where, comment=comment)
 
 
-def scan_iptables(text: str, source: str) -> Scan:
-    """Mark rules in ``iptables-save`` output or ``iptables ... -j MARK`` shell lines."""
+def _set_rule(tokens: list[str]) -> str:
+    """The set a ``-m set --match-set SET dst,dst -j SET --map-set SET dst,dst --map-mark``
+    rule (its comment aside) classifies through."""
+    if "--comment" in tokens[:-1]:
+        at = tokens.index("--comment")
+        tokens = tokens[: at - 2] + tokens[at + 2 :]
+    name = tokens[3] if len(tokens) == 11 else ""
+    if not name or tokens != [
+        *("-m", "set", "--match-set", name, "dst,dst"),
+        *("-j", "SET", "--map-set", name, "dst,dst", "--map-mark"),
+    ]:
+        raise _Skip("only -m set --match-set SET dst,dst -j SET --map-set SET dst,dst is modelled")
+    return name
+
+
+def _set_member(words: list[str], where: str, comment: str) -> list[FoundRule]:
+    """The rule of one ``add SET VIP,proto:port [OPTION VALUE...]`` member line."""
+    address, _, rest = words[0].rpartition(",")
+    proto, _, port = rest.rpartition(":")
+    options = dict(zip(words[1::2], words[2::2]))
+    if len(words) % 2 == 0 or "skbmark" not in options:
+        raise _Skip("not a member VIP,proto:port with skbmark")
+    if set(options) - _MEMBER_NOISE - {"comment", "skbmark"}:
+        raise _Skip(f"member options {sorted(set(options) - _MEMBER_NOISE)} are not modelled")
+    value, _, mask = options["skbmark"].partition("/")
+    marks, vips = (_number(value), _number(mask) if mask else FULL), [_address(address)]
+    text = f"{comment}{options['comment']}" if options.get("comment") else ""
+    protocols = [_protocol(proto or "tcp")]  # ipset's default protocol
+    return _rules(marks, vips, protocols, _ports(port, "-"), where=where, comment=text)
+
+
+def _members(text: str, source: str) -> dict[str, list[Member]]:
+    """Set name -> (``SOURCE:LINE``, words after the name) of each ``add`` line (a set that
+    is only created has none)."""
+    found: dict[str, list[Member]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split(maxsplit=2) if line.startswith(("add ", "create ")) else []
+        with contextlib.suppress(ValueError):
+            members = found.setdefault(words[1], []) if len(words) == 3 else None
+            if members is not None and words[0] == "add":
+                members.append((f"{source}:{number}", shlex.split(words[2])))
+    return found
+
+
+def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = None) -> Scan:
+    """Mark rules in ``iptables-save`` output or ``iptables ... -j MARK`` shell lines, and the
+    members of each ipset a ``-j SET ... --map-mark`` rule classifies through: ``add`` lines in
+    ``text`` itself or in ``ipsets`` (``ipset save`` text, its source name)."""
     scan = Scan()
+    classified: dict[str, tuple[str, bool]] = {}  # set -> (where, in lvsfw's chain)
     for number, raw in enumerate(text.splitlines(), 1):
         line = _COUNTERS.sub("", raw.strip())
         try:
@@ -231,17 +284,43 @@ def scan_iptables(text: str, source: str) -> Scan:
                 tokens = tokens[2:]
         if len(tokens) < 2 or tokens[0] not in {"-A", "--append", "-I", "--insert"}:
             continue
-        if "MARK" not in tokens or tokens[tokens.index("MARK") - 1] not in {"-j", "--jump"}:
+        jumps = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in {"-j", "--jump"}]
+        target = jumps[0] if jumps else ""
+        if target not in {"MARK", "SET"} or (target == "SET" and "--map-mark" not in tokens):
             continue
         body = tokens[2:]
         if tokens[0] in {"-I", "--insert"} and body[:1] and body[0].isdigit():
             body = body[1:]
         where = f"{source}:{number}"
         try:
-            scan.rules += _xt_rule(body, where)
+            if target == "SET":
+                classified.setdefault(_set_rule(body), (where, tokens[1] == _OWN_CHAIN))
+            else:
+                scan.rules += _xt_rule(body, where)
         except _Skip as exc:
             scan.warnings.append(f"{where}: mark rule not imported: {exc}: {line}")
+    _resolve(scan, classified, _members(text, source), ipsets)
     return scan
+
+
+def _resolve(
+    scan: Scan,
+    classified: dict[str, tuple[str, bool]],
+    members: dict[str, list[Member]],
+    ipsets: Optional[tuple[str, str]],
+) -> None:
+    """Add to ``scan`` the members of each set a rule classifies through."""
+    for name, lines in (_members(*ipsets) if ipsets else {}).items():
+        members.setdefault(name, []).extend(lines)
+    for name, (where, own) in classified.items():
+        if name not in members:
+            scan.warnings.append(f"{where}: mark rule not imported: set {name} is not in the dump")
+        for member_where, words in members.get(name, []):
+            try:
+                scan.rules += _set_member(words, member_where, "lvsfw:" if own else "")
+            except _Skip as exc:
+                text = " ".join(words)
+                scan.warnings.append(f"{member_where}: set member not imported: {exc}: {text}")
 
 
 # -- nftables ------------------------------------------------------------------------------
@@ -408,10 +487,12 @@ def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
     return scan
 
 
-def scan(text: str, source: str, quiet_xt: bool = False) -> Scan:
-    """Both scans over ``text`` (a dump may hold iptables-save and nft output one after the
-    other); a rule found twice counts once."""
+def scan(
+    text: str, source: str, quiet_xt: bool = False, ipsets: Optional[tuple[str, str]] = None
+) -> Scan:
+    """Both scans over ``text`` (a dump may hold iptables-save, ipset save and nft output one
+    after the other; ``ipsets``: see :func:`scan_iptables`); a rule found twice counts once."""
     found = Scan()
-    found.extend(scan_iptables(text, source))
+    found.extend(scan_iptables(text, source, ipsets))
     found.extend(scan_nft(text, source, quiet_xt))
     return found

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from lvsfw import config
+from lvsfw import config, registry, specify
+from lvsfw.backends.iptables import Iptables
 from lvsfw.cli import cli
+from lvsfw.enums import Family
 from tests import fake_ipvsadm
 from tests.netlab import LabError, ensure_kernel, require_kernel, run, xtables_tools
 
@@ -114,7 +115,7 @@ def test_check(web: Path, bad: Path) -> None:
     [
         ("nftables", "table inet lvsfw"),
         ("iptables-nft", "-A LVSFW-PREROUTING"),
-        ("iptables-legacy", "--set-xmark 0x50/0xffffffff"),
+        ("iptables-legacy", '192.0.2.10,tcp:80 comment "web" skbmark 0x50'),
         ("ipvs", "-A -f 80 -s wlc -p 300"),
         ("keepalived", "virtual_server fwmark 53 {"),
     ],
@@ -261,22 +262,10 @@ def _drop_a_mark(netns: str, firewall: str) -> None:
             ]
         )
         return
-    flavour = firewall.split("-")[1]
-    save = run(["ip", "netns", "exec", netns, f"iptables-{flavour}-save", "-t", "mangle"])
-    line = next(x for x in save.splitlines() if "192.0.2.53" in x and "udp" in x)
-    run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            f"iptables-{flavour}",
-            "-t",
-            "mangle",
-            "-D",
-            *shlex.split(line)[1:],
-        ]
-    )
+    backend = registry.get(firewall)
+    assert issubclass(backend, Iptables)
+    name = backend.set_names[Family.IPV4]
+    run(["ip", "netns", "exec", netns, "ipset", "del", name, "192.0.2.53,udp:53"])
 
 
 @pytest.mark.kernel
@@ -407,3 +396,23 @@ def test_import_live(netns: str, tmp_path: Path) -> None:
         ("web6", "tcp:443"),
     ]  # web6's v6 rule lives in ip6tables: not loaded here, so lvs.cf's port stands in
     assert "no packet-filter rule sets mark 443" in result.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("flavour", ["legacy", "nft"])
+def test_import_live_reads_lvsfws_ipsets(
+    web: Path, netns: str, tmp_path: Path, flavour: str
+) -> None:
+    """Single ports live in lvsfw's ipsets: ``--live`` reads them through ``ipset save``."""
+    ensure_kernel((*xtables_tools(flavour), "ipset"))
+    bundles = config.load(str(web)).bundles
+    backend = registry.get(f"iptables-{flavour}")(netns=netns)
+    assert isinstance(backend, Iptables)
+    backend.apply(specify(bundles))
+    keepalived = tmp_path / "keepalived.conf"
+    keepalived.write_text(registry.get("keepalived")().render(bundles))
+    result = invoke("import", str(keepalived), "--live", "--netns", netns)
+    assert result.exit_code == 0, result.output
+    imported = config.loads(result.stdout).bundles
+    assert specify(imported) == specify(bundles)
+    assert sorted(b.name for b in imported) == sorted(b.name for b in bundles)

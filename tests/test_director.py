@@ -106,6 +106,22 @@ FOREIGN_XT = {
 }
 
 
+FOREIGN_IPSET = (
+    "create foreign4 hash:ip,port family inet hashsize 1024 maxelem 65536 skbinfo\n"
+    "add foreign4 192.0.2.10,tcp:80 skbmark 0x96\n"
+)
+_SET_SIZES = re.compile(r" (?:hashsize|maxelem|bucketsize|initval) \S+")
+
+
+def filter_ipset(text: str, own: re.Pattern[str] | None = None) -> str:
+    """``ipset save`` lines, sorted (a hash set lists its members in no fixed order); with
+    ``own``, without its lines; without, lvsfw's sets without their sizes (a set re-created
+    by an undo holds the same members but may be sized otherwise)."""
+    lines = [x for x in text.splitlines() if own is None or not own.search(x)]
+    lines = [_SET_SIZES.sub("", x) if OWN.search(x) else x for x in lines]
+    return "".join(f"{line}\n" for line in sorted(lines))
+
+
 # -- namespaces, the fake ipvsadm, snapshots -----------------------------------------------
 
 
@@ -139,6 +155,7 @@ class Netns:
         for flavour in ("legacy", "nft"):
             for ip, script in FOREIGN_XT.items():
                 self.xt(flavour, ip, script)
+        self.exec("ipset", "restore", stdin=FOREIGN_IPSET)
 
     def filters(self, own: bool = True) -> dict[str, str]:
         """The packet-filter state (handles, no counters); ``own=False``: foreign state only."""
@@ -149,12 +166,13 @@ class Netns:
             for ip in ("ip", "ip6"):
                 saved = self.exec(f"{ip}tables-{flavour}-save", "-t", "mangle")
                 snapshot[f"{ip}tables-{flavour}"] = filter_xtables(saved, own=pattern)
+        snapshot["ipset"] = filter_ipset(self.exec("ipset", "save"), own=pattern)
         return snapshot
 
 
 def kernel_ready() -> None:
     """Skip (or fail under LVSFW_REQUIRE_KERNEL=1) without root and every tool."""
-    ensure_kernel((*xtables_tools("legacy"), *xtables_tools("nft")))
+    ensure_kernel((*xtables_tools("legacy"), *xtables_tools("nft"), "ipset"))
 
 
 @pytest.fixture
@@ -444,6 +462,36 @@ MANY = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("firewall", ["iptables-nft", "iptables-legacy"])
+def test_iptables_is_read_once_per_plan_apply_and_verify(
+    netns: Netns, fake: Path, firewall: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per plan, apply and verify: each ``*-save`` once, ``ipset list -n`` once, the owned
+    sets' listing at most once; a change is dry-run (``--test``) before anything is written."""
+    calls: list[tuple[str, str]] = []  # (kind, program)
+    real = Iptables._run
+
+    def run(self: Iptables, argv: list[str], stdin: Optional[str] = None) -> str:
+        listing = argv[0].endswith("-save") or argv[1:] == ["list", "-n"]
+        listing |= argv[1:] == ["restore"] and (stdin or "").startswith("list ")
+        kind = "read" if listing else "test" if "--test" in argv else "write"
+        calls.append((kind, " ".join(argv[:2])))
+        return real(self, argv, stdin)
+
+    monkeypatch.setattr(Iptables, "_run", run)
+    d = director(netns, fake, firewall)
+    steps = [(d.apply, BUNDLES), (d.plan, CHANGED), (d.verify, CHANGED), (d.apply, CHANGED)]
+    for call, bundles in [*steps, (d.apply, CHANGED)]:  # the last apply changes nothing
+        calls.clear()
+        call(bundles)
+        reads = [program for kind, program in calls if kind == "read"]
+        assert len(reads) == len(set(reads)) and len(reads) >= 3, calls
+        kinds = [kind for kind, _ in calls]
+        if "write" in kinds:
+            assert "test" in kinds[: kinds.index("write")], calls
+    assert kinds == ["read"] * len(kinds)
+
+
 def test_one_change_among_many_writes_only_that_bundle(netns: Netns, fake: Path) -> None:
     d = director(netns, fake)
     d.apply(MANY)
@@ -586,13 +634,17 @@ def test_saved_boot_files_restore_the_spec(tmp_path: Path, fake: Path, firewall:
         paths = d.save(BUNDLES, str(tmp_path / "boot"))
         names = sorted(os.path.basename(p) for p in paths)
         assert "lvsfw.ipvs" in names and len(names) >= 2
-        for path in paths:
+        assert firewall == "nftables" or "lvsfw.ipset" in names
+        # the ipset file first: the iptables rules name its sets
+        for path in sorted(paths, key=lambda p: not p.endswith("lvsfw.ipset")):
             text = Path(path).read_text()
             name = os.path.basename(path)
             if name == "lvsfw.ipvs":
                 subprocess.run([str(fake), "-R"], input=text, text=True, check=True)
             elif firewall == "nftables":
                 ns.exec("nft", "-f", path)
+            elif name == "lvsfw.ipset":
+                ns.exec("ipset", "-exist", "restore", "-file", path)
             else:
                 assert isinstance(d.firewall, Iptables)
                 ip = "ip6" if name.endswith("v6") else "ip"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lvsfw import Director, Report
+from lvsfw import Director, Report, registry
+from lvsfw.backends.iptables import Iptables
+from lvsfw.enums import Family
 from tests import test_director
 from tests.test_director import (
     BUNDLES,
@@ -27,6 +29,13 @@ IPT = {"iptables-nft": "iptables-nft", "iptables-legacy": "iptables-legacy"}
 def ipt(ns: Netns, firewall: str, *args: str) -> None:
     """``iptables-<flavour> -t mangle ARGS`` in ``ns``."""
     ns.exec(IPT[firewall], "-t", "mangle", *args)
+
+
+def set_name(firewall: str) -> str:
+    """The backend's own ipset holding ``firewall``'s IPv4 single ports."""
+    backend = registry.get(firewall)
+    assert issubclass(backend, Iptables)
+    return backend.set_names[Family.IPV4]
 
 
 def applied(ns: Netns, fake: Path, firewall: str) -> Director:
@@ -55,9 +64,7 @@ def test_a_port_that_lost_its_mark(netns: Netns, fake: Path, firewall: str) -> N
     if firewall == "nftables":
         netns.nft("delete element inet lvsfw mark4 { 192.0.2.53 . udp . 53 }\n")
     else:
-        ipt(netns, firewall, "-D", "LVSFW-PREROUTING", "-d", "192.0.2.53/32", "-p", "udp",
-            "-m", "udp", "--dport", "53", "-m", "comment", "--comment", "lvsfw:dns",
-            "-j", "MARK", "--set-xmark", "0x35/0xffffffff")  # fmt: skip
+        netns.exec("ipset", "del", set_name(firewall), "192.0.2.53,udp:53")
     report = d.verify(BUNDLES)
     assert findings(report, "missing") == [
         ("dns", "192.0.2.53 udp:53 is not marked (want mark 53)")

@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from lvsfw import Bundle, Protocol, RealServer, config, registry, specify
 from lvsfw.errors import LvsfwError, ParseError
 from lvsfw.importers import import_text, parse_keepalived, parse_lvs_cf
-from lvsfw.markscan import FoundRule, Scan, scan, scan_iptables, scan_nft
+from lvsfw.markscan import FULL, FoundRule, Scan, scan, scan_iptables, scan_nft
 from tests import strategies
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -290,6 +290,58 @@ def test_lvsfw_rule_comments_name_the_bundles() -> None:
     rules = scan(registry.get("iptables-nft")().render(bundles), "ipt")
     keepalived = registry.get("keepalived")().render(bundles)
     assert import_text(keepalived, "k.conf", rules=rules).bundles == tuple(bundles)
+
+
+SAVED = """\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:LVSFW-PREROUTING - [0:0]
+:OTHER - [0:0]
+-A PREROUTING -m comment --comment lvsfw -j LVSFW-PREROUTING
+-A LVSFW-PREROUTING -m set --match-set lvsfw4-nft dst,dst -j SET --map-set lvsfw4-nft dst,dst --map-mark
+-A LVSFW-PREROUTING -m set --match-set lvsfw4-nft dst,dst -j RETURN
+-A LVSFW-PREROUTING -d 192.0.2.10/32 -p tcp -m tcp --dport 1000:2000 -m comment --comment "lvsfw:web" -j MARK --set-xmark 0x50/0xffffffff
+-A OTHER -m set --match-set theirs dst,dst -m comment --comment x -j SET --map-set theirs dst,dst --map-mark
+-A OTHER -m set --match-set gone dst,dst -j SET --map-set gone dst,dst --map-mark
+-A OTHER -m set --match-set src src,dst -j SET --map-set src src,dst --map-mark
+COMMIT
+"""  # noqa: E501
+IPSET_SAVE = """\
+create lvsfw4-nft hash:ip,port family inet hashsize 1024 maxelem 65536 comment skbinfo bucketsize 12
+add lvsfw4-nft 192.0.2.11,udp:53 comment "dns" skbmark 0x2100/0xff00
+add lvsfw4-nft 192.0.2.10,tcp:80 comment "web" skbmark 0x50
+create theirs hash:ip,port family inet hashsize 1024 maxelem 65536 counters skbinfo
+add theirs 192.0.2.20,8080 packets 0 bytes 0 skbmark 0x7
+add theirs 192.0.2.21,icmp:ping skbmark 0x7
+create unused hash:ip,port family inet hashsize 1024 maxelem 65536 skbinfo
+add unused 192.0.2.30,tcp:1 skbmark 0x9
+"""
+
+
+@pytest.mark.parametrize("ipset_first", [False, True])
+def test_scan_reads_sets_a_set_rule_classifies_through(ipset_first: bool) -> None:
+    """``iptables-save`` + ``ipset save`` in one file, either order: the members of the sets
+    a ``-j SET --map-mark`` rule names are rules; lvsfw's members carry their bundle."""
+    text = IPSET_SAVE + SAVED if ipset_first else SAVED + IPSET_SAVE
+    found = scan(text, "dump")
+    assert _rules(found) == {
+        (0x50, FULL, "192.0.2.10", "tcp", 1000, 2000),
+        (0x2100, 0xFF00, "192.0.2.11", "udp", 53, 53),
+        (0x50, FULL, "192.0.2.10", "tcp", 80, 80),
+        (0x7, FULL, "192.0.2.20", "tcp", 8080, 8080),
+    }
+    assert {r.comment for r in found.rules if r.protocol == Protocol.UDP} == {"lvsfw:dns"}
+    assert {r.comment for r in found.rules if r.first_port == 8080} == {""}
+    warnings = "\n".join(found.warnings)
+    assert len(found.warnings) == 3, warnings
+    assert "set gone is not in the dump" in warnings and "icmp" in warnings
+    assert "only -m set --match-set SET dst,dst" in warnings and "unused" not in warnings
+
+
+def test_scan_takes_ipset_save_from_a_second_source() -> None:
+    found = scan_iptables(SAVED, "save", ipsets=(IPSET_SAVE, "ipset"))
+    where = {r.where for r in found.rules if r.first_port == 80}
+    assert where == {"ipset:3"} and len(found.rules) == 4
 
 
 def test_one_mark_on_vips_with_different_ports_becomes_several_bundles() -> None:

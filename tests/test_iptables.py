@@ -35,7 +35,14 @@ from tests.contract import PacketFilterContract
 MODULE = "lvsfw.backends.iptables"
 FLAVOURS = [IptablesLegacy, IptablesNft]
 WEB = Bundle("web", "192.0.2.10", "tcp:80,443", 80)
-HEAD = "# lvsfw mangle rules: load each section once with iptables-restore --noflush"
+HEAD = (
+    "# lvsfw mangle rules: load the ipset section with ipset restore -exist, then each"
+    " section once with iptables-restore --noflush (ip6tables-restore for ip6tables)"
+)
+SET4 = (
+    "-A LVSFW-PREROUTING -m set --match-set lvsfw4-legacy dst,dst"
+    " -j SET --map-set lvsfw4-legacy dst,dst --map-mark"
+)
 RULE = "-A LVSFW-PREROUTING -d 192.0.2.10/32 -p tcp"
 JUMP_LINE = "-A PREROUTING -m comment --comment lvsfw -j LVSFW-PREROUTING"
 
@@ -77,16 +84,20 @@ def own_lines(bundles: list[Bundle], family: Family = Family.IPV4) -> list[str]:
 def test_seed_text() -> None:
     text = IptablesLegacy().render([WEB])
     assert text.splitlines() == [
-        HEAD + " (ip6tables-restore for the ip6tables one)",
+        HEAD,
+        "# ipset",
+        "create lvsfw4-legacy hash:ip,port family inet hashsize 1024 maxelem 65536 comment skbinfo",
+        'add lvsfw4-legacy 192.0.2.10,tcp:80 comment "web" skbmark 0x50',
+        'add lvsfw4-legacy 192.0.2.10,tcp:443 comment "web" skbmark 0x50',
         "# iptables",
         "*mangle",
         ":LVSFW-PREROUTING - [0:0]",
-        f'{RULE} -m multiport --dports 80,443 -m comment --comment "lvsfw:web"'
-        " -j MARK --set-xmark 0x50/0xffffffff",
+        SET4,
+        "-A LVSFW-PREROUTING -m set --match-set lvsfw4-legacy dst,dst -j RETURN",
         JUMP_LINE,
         "COMMIT",
     ]
-    assert IptablesNft().render([WEB]) == text
+    assert IptablesNft().render([WEB]) == text.replace("-legacy", "-nft")
 
 
 def test_ftp_range_text() -> None:
@@ -126,17 +137,22 @@ def test_more_than_fifteen_slots_split() -> None:
 def test_ipv6_section_and_masked_mark() -> None:
     bundle = Bundle("dual", ["192.0.2.10", "2001:db8::10"], "tcp:443", "0x100/0xff00")
     text = IptablesNft().render([bundle])
-    v4, v6 = text.split("# ip6tables\n")
-    assert "-d 192.0.2.10/32" in v4
+    sets, chains = text.split("# iptables\n")
+    v4, v6 = chains.split("# ip6tables\n")
+    assert 'add lvsfw6-nft 2001:db8::10,tcp:443 comment "dual" skbmark 0x100/0xff00' in sets
+    assert "add lvsfw4-nft 192.0.2.10,tcp:443" in sets
     assert "2001:db8" not in v4
     assert v6.splitlines() == [
         "*mangle",
         ":LVSFW-PREROUTING - [0:0]",
-        f"-A {CHAIN} -d 2001:db8::10/128 -p tcp -m tcp --dport 443 -m comment"
-        ' --comment "lvsfw:dual" -j MARK --set-xmark 0x100/0xff00',
+        SET4.replace("lvsfw4-legacy", "lvsfw6-nft"),
+        "-A LVSFW-PREROUTING -m set --match-set lvsfw6-nft dst,dst -j RETURN",
         JUMP_LINE,
         "COMMIT",
     ]
+    ranges = IptablesNft().render([Bundle("r", "2001:db8::10", "tcp:1-9", "0x100/0xff00")])
+    assert "# ipset" not in ranges and "--match-set" not in ranges
+    assert f"-A {CHAIN} -d 2001:db8::10/128 -p tcp -m tcp --dport 1:9 -m comment" in ranges
 
 
 def test_v6_only_and_empty() -> None:
@@ -163,8 +179,11 @@ def test_family_texts_round_trip(bundles: list[Bundle]) -> None:
     spec = specify(bundles)
     backend = IptablesLegacy()
     for family in Family:
-        state = parse_state(backend.family_text(spec, family))
-        assert normalize(state.rules) == normalize(r for r in spec.rules if r.family == family)
+        text = backend.family_text(spec, family)
+        state = parse_state(text)
+        rules = backend.parse(backend.ipset_text(spec) + text)
+        assert normalize(rules) == normalize(r for r in spec.rules if r.family == family)
+        assert state.rules == {r for r in rules if r.first_port != r.last_port}
         assert state.jumps == 1
         assert state.chain_present
 
@@ -361,7 +380,12 @@ class Recorder:
         monkeypatch.setattr(f"{MODULE}.run", record)
 
     def writes(self) -> list[list[str]]:
-        return [c for c in self.calls if c[0].endswith("-restore") and "--test" not in c]
+        """Restores and ipset writes (``ipset restore`` without ``-exist`` only lists)."""
+        return [
+            c
+            for c in self.calls
+            if (c[0].endswith("-restore") and "--test" not in c) or c[:2] == ["ipset", "-exist"]
+        ]
 
 
 def bundles_v1() -> list[Bundle]:
@@ -394,15 +418,18 @@ def test_live_apply_idempotent_change_remove(
     # iptables-save prints back exactly what lvsfw renders
     for family in Family:
         saved = [line for line in snapshot(live, family) if line.startswith(f"-A {CHAIN}")]
-        assert saved == rule_lines(spec, family)
+        assert saved == live.chain_lines(spec, family, with_set=True)
 
     recorder = Recorder(monkeypatch)
     live.apply(spec)
     assert recorder.writes() == []
 
     changed = specify([bundles_v1()[1], Bundle("dns", "192.0.2.12", "udp:53,5353", 53)])
+    recorder.calls.clear()
     live.apply(changed)
-    assert len(recorder.writes()) == 2  # v4 rewritten, v6 (now empty) removed
+    # v4 set edited (its chain is unchanged), v6 chain removed, then the v6 set destroyed
+    assert [c[0] for c in recorder.writes()] == ["ipset", live.binaries[Family.IPV6][0], "ipset"]
+    assert len([c for c in recorder.calls if c[0].endswith("-save")]) == 2
     assert normalize(live.read()) == normalize(changed.rules)
     assert not live.state(Family.IPV6).chain_present
     assert live.state(Family.IPV4).jumps == 1
@@ -414,6 +441,7 @@ def test_live_apply_idempotent_change_remove(
     live.remove()
     assert recorder.writes() == []
     assert live.read() == frozenset()
+    assert not live.set_list() & set(live.set_names.values())
 
 
 @pytest.mark.kernel
@@ -444,22 +472,28 @@ def test_live_repairs_tampering(live: Iptables) -> None:
 @pytest.mark.kernel
 def test_live_check_reports_tool_stderr(live: Iptables, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = [f"-A {CHAIN} -d 192.0.2.1/32 -p tcp -m tcp --dport 70000 -j MARK --set-mark 1"]
-    monkeypatch.setattr(f"{MODULE}.rule_lines", lambda spec, family: bad)
+    monkeypatch.setattr(f"{MODULE}.rule_lines", lambda spec, family, ranges_only: bad)
     with pytest.raises(CommandFailed, match="70000") as info:
         live.check(specify([WEB]))
     assert "Error occurred at line" in info.value.stderr
 
 
 @pytest.mark.kernel
-def test_live_apply_tests_every_family_before_writing(
+def test_live_failing_family_changes_nothing_there_and_reapply_converges(
     live: Iptables, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No separate --test: each family's restore is atomic; the Director's undo (or the next
+    apply) puts the other family right."""
     before = {f: snapshot(live, f) for f in Family}
-    broken = {**live.binaries, Family.IPV6: ("false", live.binaries[Family.IPV6][1])}
-    monkeypatch.setattr(live, "binaries", broken)
-    with pytest.raises(CommandFailed):
-        live.apply(specify([Bundle("dual", ["192.0.2.1", "2001:db8::1"], "tcp:80", 1)]))
-    assert {f: snapshot(live, f) for f in Family} == before
+    spec = specify([Bundle("dual", ["192.0.2.1", "2001:db8::1"], "tcp:80", 1)])
+    with monkeypatch.context() as patch:
+        broken = {**live.binaries, Family.IPV6: ("false", live.binaries[Family.IPV6][1])}
+        patch.setattr(live, "binaries", broken)
+        with pytest.raises(CommandFailed):
+            live.apply(spec)
+    assert snapshot(live, Family.IPV6) == before[Family.IPV6]
+    live.apply(spec)
+    assert live.read() == spec.rules
 
 
 @pytest.mark.kernel
@@ -474,7 +508,8 @@ def test_live_random_specs_round_trip(
     assert normalize(live.read()) == normalize(spec.rules)
     for family in Family:
         saved = [line for line in live.save(family).splitlines() if line.startswith("-A LVSFW")]
-        assert saved == rule_lines(spec, family)  # iptables-save prints what lvsfw renders
+        with_set = any(r.family == family and r.first_port == r.last_port for r in spec.rules)
+        assert saved == live.chain_lines(spec, family, with_set)  # save prints what lvsfw renders
     with monkeypatch.context() as patch:
         recorder = Recorder(patch)
         live.apply(spec)

@@ -1,170 +1,116 @@
-"""The ``iptables-restore`` backends: one renderer/parser, two flavours (legacy and nft).
+"""The ``iptables-restore`` backends: one backend, two flavours (legacy and nft), ipset inside.
 
-lvsfw owns one chain, :data:`CHAIN`, in the mangle table of each address family, and one jump
-to it, :data:`JUMP`, appended to mangle ``PREROUTING``. Every write is a single
-``iptables-restore --noflush`` per family, so each family's table changes atomically and
-nothing lvsfw does not own is touched: declaring ``:LVSFW-PREROUTING - [0:0]`` under
-``--noflush`` flushes just that chain.
+lvsfw owns one chain, :data:`CHAIN`, in the mangle table of each address family, one jump to
+it, :data:`JUMP`, appended to mangle ``PREROUTING``, and one ipset per family (named by the
+flavour: :attr:`Iptables.set_names`). Single ports are members of the set, classified by one
+set rule in the chain (one hash lookup per packet whatever the number of bundles); port
+ranges stay ``-j MARK`` rules in the chain (:mod:`lvsfw.backends.iptsyntax` has the text,
+:mod:`lvsfw.backends.ipset` the sets).
 
-Marks are written as ``--set-xmark VALUE/MASK``, which is what ``iptables-save`` prints for
-``--set-mark VALUE/MASK``: the kernel clears MASK's bits and XORs VALUE in; as VALUE lies inside
-MASK (a :class:`lvsfw.model.FirewallMark` guarantees it) that *sets* VALUE within MASK and keeps
-the packet's other bits.
+An apply reads each family once (``iptables-save``, plus ``ipset list -n`` and one
+``ipset restore`` listing the owned sets), then writes at most one ``ipset restore`` before
+the chains (sets exist before a rule names them), one ``iptables-restore --noflush`` per
+changed family (atomic per table: the kernel takes the whole transaction or none of it), and
+one ``ipset restore`` after them (sets destroyed once no rule names them). A chain changes by
+``-D``/``-I`` of the changed lines only; a set by ``del``/``add`` of the changed members, or,
+for large changes, a whole copy swapped in. Nothing is written when nothing changed.
+
+Every method that reads takes ``live=`` (a :class:`Live` from :meth:`Iptables.live`) to use
+instead; the Director reads once per plan, apply and verify through ``observe``,
+``transaction``, ``dry_run`` and ``commit`` (its optional ``Transactional`` interface).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import re
-import shlex
 import shutil
-from collections.abc import Iterable, Iterator
+import time
 from typing import ClassVar, Optional
 
 import attrs
 
+from lvsfw.backends import ipset
 from lvsfw.backends.base import Finding, PacketFilter
+from lvsfw.backends.iptsyntax import (
+    CHAIN,
+    JUMP,
+    TABLE,
+    LiveState,
+    address_text,
+    parse_rule,
+    parse_state,
+    quote,
+    restore_text,
+    return_rule,
+    rule_lines,
+    set_rule,
+)
 from lvsfw.command import run
-from lvsfw.enums import Family, IPAddress, Protocol, address_key
-from lvsfw.errors import BackendUnavailable, ParseError, ValidationError
+from lvsfw.enums import Family, Protocol
+from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.rules import MarkRule, Specification
 
-#: lvsfw's own chain in the mangle table.
-CHAIN = "LVSFW-PREROUTING"
-#: The table lvsfw writes to.
-TABLE = "mangle"
-#: The comment carried by the jump; own rules carry ``lvsfw:<bundle name>``.
-COMMENT = "lvsfw"
-#: The jump's rule specification, exactly as ``iptables-save`` prints it.
-JUMP = f"-m comment --comment {COMMENT} -j {CHAIN}"
-#: Ports one ``-m multiport`` match holds; a range takes two slots.
-MULTIPORT_SLOTS = 15
 INSTALL_HINT = "apt-get install iptables"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HEADERS = {Family.IPV4: "# iptables", Family.IPV6: "# ip6tables"}
-_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-_NUMBER = re.compile(r"^(?:0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10})$")
-_PORT = re.compile(r"^[0-9]{1,5}$")
-_ARG_OPTIONS = {
-    "-d": "-d", "--destination": "-d", "-p": "-p", "--protocol": "-p",
-    "--dport": "--dport", "--destination-port": "--dport",
-    "--dports": "--dports", "--destination-ports": "--dports",
-    "--comment": "--comment", "-j": "-j", "--jump": "-j",
-    "--set-xmark": "--set-xmark", "--set-mark": "--set-mark",
-}  # fmt: skip
-_JUMP_TOKENS = tuple(shlex.split(JUMP))
-_COMMANDS = {"-A", "-I", "-D", "-R", "-F", "-X", "-N", "-P", "-Z", "-E"}
-
-
-def quote(text: str) -> str:
-    """``text`` quoted the way ``iptables-save`` quotes a string argument."""
-    if _SAFE.match(text):
-        return text
-    return '"' + re.sub(r'(["\\\'])', r"\\\1", text) + '"'
-
-
-def _slots(first: int, last: int) -> int:
-    return 1 if first == last else 2
-
-
-def _port_text(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}:{last}"
-
-
-def _chunks(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
-    """``ranges`` cut into runs that fit one multiport match."""
-    chunk: list[tuple[int, int]] = []
-    for item in ranges:
-        if chunk and sum(_slots(*r) for r in chunk) + _slots(*item) > MULTIPORT_SLOTS:
-            yield chunk
-            chunk = []
-        chunk.append(item)
-    if chunk:
-        yield chunk
-
-
-def address_text(vip: IPAddress) -> str:
-    """``vip`` as ``iptables-save`` (glibc ``inet_ntop``) prints it: ``::a.b.c.d`` and
-    ``::ffff:a.b.c.d`` for IPv4-compatible and IPv4-mapped IPv6 addresses."""
-    number = int(vip)
-    if vip.version == 6 and ((number >> 32 == 0 and number >> 16 != 0) or number >> 32 == 0xFFFF):
-        prefix = "::ffff:" if number >> 32 else "::"
-        return prefix + str(ipaddress.IPv4Address(number & 0xFFFFFFFF))
-    return str(vip)
-
-
-def rule_lines(spec: Specification, family: Family) -> list[str]:
-    """The ``-A LVSFW-PREROUTING`` lines for ``spec``'s rules of ``family``, in a stable order.
-
-    One line per (VIP, protocol, mark, bundle) and group of at most 15 port slots.
-    """
-
-    def key(rule: MarkRule) -> tuple[object, ...]:
-        owner = spec.owners.get(rule, "")
-        return (address_key(rule.vip), rule.protocol, rule.mark, rule.mask, owner)
-
-    rules = sorted((r for r in spec.rules if r.family == family), key=lambda r: (key(r), r))
-    lines = []
-    for _, group in itertools.groupby(rules, key=key):
-        members = list(group)
-        head = members[0]
-        owner = spec.owners.get(head)
-        comment = quote(f"{COMMENT}:{owner}" if owner else COMMENT)
-        prefix = 32 if family == Family.IPV4 else 128
-        ranges = [(r.first_port, r.last_port) for r in members]
-        for chunk in _chunks(ranges):
-            if len(chunk) == 1:
-                match = f"-m {head.protocol} --dport {_port_text(*chunk[0])}"
-            else:
-                match = "-m multiport --dports " + ",".join(_port_text(*r) for r in chunk)
-            lines.append(
-                f"-A {CHAIN} -d {address_text(head.vip)}/{prefix} -p {head.protocol} {match}"
-                f" -m comment --comment {comment}"
-                f" -j MARK --set-xmark {head.mark:#x}/{head.mask:#x}"
-            )
-    return lines
-
-
-def restore_text(lines: Iterable[str]) -> str:
-    """An ``iptables-restore`` transaction on the mangle table made of ``lines``."""
-    return "\n".join([f"*{TABLE}", *lines, "COMMIT", ""])
+_SKIPPING = frozenset({"ACCEPT", "DROP", "RETURN"})
+_MARKING = frozenset({"MARK", "CONNMARK"})
+#: Attempts and pause for destroying a set whose last rule was just deleted (nf_tables drops
+#: its references to the set after the commit, asynchronously).
+_DESTROY_TRIES, _DESTROY_PAUSE = 20, 0.05
+#: An apply's writes: ``ipset restore`` lines first, restore text per family, lines last.
+Writes = tuple[list[str], dict[Family, str], list[str]]
 
 
 @attrs.frozen
-class LiveState:
-    """What one ``iptables-save`` text holds of lvsfw's: its rules, chain and jumps.
+class Live:
+    """lvsfw's live state, read once: ``chains`` per family, the owned ``sets`` found,
+    ``names``: every set name in the namespace (only owned ones are ever read or written), and
+    ``set_names``: the backend's own set per family."""
 
-    ``rules`` the mark rules in :data:`CHAIN`; ``entries`` the same line by line as
-    (rules, comment); ``unknown`` own-chain lines lvsfw does not understand (only when parsed
-    with ``strict=False``); ``chain_present`` whether :data:`CHAIN` is declared; ``jumps`` how
-    many :data:`JUMP` rules mangle ``PREROUTING`` holds; ``prerouting`` every mangle
-    ``PREROUTING`` rule in order (``-A PREROUTING ...`` lines, lvsfw's jumps included).
-    """
+    chains: dict[Family, LiveState]
+    sets: dict[str, ipset.SetState]
+    names: frozenset[str]
+    set_names: dict[Family, str]
 
-    rules: frozenset[MarkRule] = frozenset()
-    entries: tuple[tuple[frozenset[MarkRule], str], ...] = ()
-    unknown: tuple[str, ...] = ()
-    chain_present: bool = False
-    jumps: int = 0
-    prerouting: tuple[str, ...] = ()
+    def problems(self, family: Family) -> list[str]:
+        """Own lines and set members lvsfw does not understand, and foreign set rules."""
+        chain, name = self.chains[family], self.set_names[family]
+        found = [*chain.unknown, *(set_rule(n) for n in chain.sets if n != name)]
+        found += [return_rule(n) for n in chain.returns if n != name]
+        if name in chain.sets and name in self.sets:
+            found += self.sets[name].unknown
+        return found
+
+    def owners(self, family: Family) -> dict[MarkRule, str]:
+        """The effective own rules of ``family`` with their bundle names; raises
+        :class:`ParseError` on anything lvsfw does not understand."""
+        for problem in self.problems(family):
+            raise ParseError("iptables", problem, f"unexpected in lvsfw's {CHAIN} or its set")
+        owners: dict[MarkRule, str] = {}
+        for rules, comment in self.chains[family].entries:
+            owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
+        name = self.set_names[family]
+        if name in self.chains[family].sets and name in self.sets:
+            for (vip, proto, port), (mark, mask, owner) in self.sets[name].members.items():
+                owners[MarkRule(family, vip, proto, port, port, mark, mask)] = owner
+        return owners
 
     @property
-    def jump_present(self) -> bool:
-        """Whether mangle PREROUTING jumps to lvsfw's chain."""
-        return self.jumps > 0
-
-    @property
-    def foreign_before_jump(self) -> tuple[str, ...]:
-        """Foreign PREROUTING rules a packet meets before lvsfw's jump (all if none)."""
-        for index, line in enumerate(self.prerouting):
-            if _is_jump(line):
-                return self.prerouting[:index]
-        return self.prerouting
+    def rules(self) -> frozenset[MarkRule]:
+        """The mark rules in force: own chains' rules and their sets' members."""
+        return frozenset(r for family in Family for r in self.owners(family))
 
 
-_SKIPPING = frozenset({"ACCEPT", "DROP", "RETURN"})
-_MARKING = frozenset({"MARK", "CONNMARK"})
+@attrs.frozen
+class Change:
+    """An apply planned against ``live`` (:meth:`Iptables.transaction`): ``spec`` is what it
+    loads, ``writes`` how, ``before`` the own rules ``live`` held (what its undo loads back)."""
+
+    spec: Specification
+    live: Live
+    writes: Writes
+    before: Specification
 
 
 def _finding(detail: str, words: list[str]) -> Finding:
@@ -183,189 +129,84 @@ def _finding(detail: str, words: list[str]) -> Finding:
     return Finding(detail, address, protocol, number)
 
 
-def _is_jump(line: str) -> bool:
-    """Whether ``line`` (``-A PREROUTING ...``) is lvsfw's jump :data:`JUMP`."""
-    return tuple(line.split()[2:]) == _JUMP_TOKENS
-
-
-def _int(text: str, what: str, line: str) -> int:
-    if not _NUMBER.match(text):
-        raise ParseError("iptables", line, f"{what} {text!r} is not a number")
-    return int(text, 0)
-
-
-def _port_range(text: str, line: str) -> tuple[int, int]:
-    first_text, _, last_text = text.partition(":")
-    if not _PORT.match(first_text) or not _PORT.match(last_text or first_text):
-        raise ParseError("iptables", line, f"port {text!r} is not N or N:M")
-    first, last = int(first_text), int(last_text or first_text)
-    if not 1 <= first <= last <= 65535:
-        raise ParseError("iptables", line, f"port range {text!r} is not within 1..65535")
-    return first, last
-
-
-def _mark(options: dict[str, str], line: str) -> tuple[int, int]:
-    if ("--set-xmark" in options) == ("--set-mark" in options):
-        raise ParseError("iptables", line, "expected one of --set-xmark/--set-mark")
-    xor = "--set-xmark" in options
-    value_text, _, mask_text = options["--set-xmark" if xor else "--set-mark"].partition("/")
-    value = _int(value_text, "mark", line)
-    mask = _int(mask_text, "mark mask", line) if mask_text else 0xFFFFFFFF
-    mask = mask if xor else mask | value
-    if not (0 < value <= mask <= 0xFFFFFFFF and value & ~mask == 0):
-        raise ParseError("iptables", line, "mark must be non-zero and inside its mask")
-    return value, mask
-
-
-def _vip(text: str, line: str) -> IPAddress:
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        raise ParseError("iptables", line, f"destination {text!r} is not an address") from None
-    if network.prefixlen != network.max_prefixlen:
-        raise ParseError("iptables", line, f"destination {text!r} is not a single address")
-    return network.network_address
-
-
-def parse_rule(tokens: list[str], line: str) -> tuple[frozenset[MarkRule], str]:
-    """The mark rules and comment of one own-chain rule (tokens after ``-A CHAIN``)."""
-    options: dict[str, str] = {}
-    modules: list[str] = []
-    pairs = iter(tokens)
-    for token in pairs:
-        value = next(pairs, None)
-        if value is None:
-            raise ParseError("iptables", line, f"option {token!r} lacks its argument")
-        if token in {"-m", "--match"}:
-            modules.append(value)
-            continue
-        name = _ARG_OPTIONS.get(token)
-        if name is None or name in options:
-            raise ParseError("iptables", line, f"unexpected {token!r} in lvsfw's chain {CHAIN}")
-        options[name] = value
-    for required in ("-d", "-p", "-j"):
-        if required not in options:
-            raise ParseError("iptables", line, f"missing {required}")
-    try:
-        protocol = Protocol.parse(options["-p"], "protocol")
-    except ValidationError:
-        raise ParseError("iptables", line, "protocol is not tcp, udp or sctp") from None
-    ports_option = "--dport" if protocol.value in modules else "--dports"
-    expected = sorted([protocol.value if ports_option == "--dport" else "multiport", "comment"])
-    ports = set(options) & {"--dport", "--dports"}
-    if options["-j"] != "MARK" or sorted(modules) != expected or ports != {ports_option}:
-        raise ParseError("iptables", line, "not an lvsfw rule: -d, -p, one port match, -j MARK")
-    if "--comment" not in options:
-        raise ParseError("iptables", line, "not an lvsfw rule: no comment")
-    vip = _vip(options["-d"], line)
-    mark, mask = _mark(options, line)
-    rules = frozenset(
-        MarkRule(Family.of(vip), vip, protocol, *_port_range(text, line), mark, mask)
-        for text in options[ports_option].split(",")
-    )
-    return rules, options["--comment"]
-
-
-def _mangle_lines(text: str) -> Iterator[tuple[str, list[str]]]:
-    """(line, blank-separated words) of each mangle table command in ``text``, no counters.
-
-    Only lvsfw's own lines are tokenized with quotes later: a foreign rule never fails parsing.
-    """
-    if not isinstance(text, str):
-        raise ParseError("iptables", repr(text), "expected iptables-save text")
-    table: Optional[str] = None
-    for raw in text.splitlines():
-        line = re.sub(r"^\[\d+:\d+\]\s+", "", raw.strip())
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("*") or line == "COMMIT":
-            table = line[1:].strip() if line.startswith("*") else None
-            continue
-        if table is None:
-            raise ParseError("iptables", raw, "expected *table, :chain, -A chain or COMMIT")
-        if table == TABLE:
-            yield line, line.split()
-
-
-def _tokens(line: str) -> list[str]:
-    """``line`` split as iptables-restore splits it (double quotes, backslash escapes)."""
-    try:
-        return shlex.split(line)
-    except ValueError:
-        raise ParseError("iptables", line, "unbalanced quotes or escapes") from None
-
-
-def parse_state(text: str, strict: bool = True) -> LiveState:
-    """lvsfw's part of ``iptables-save`` output (or rendered text), in mangle only.
-
-    Foreign chains and rules are ignored; an own-chain rule lvsfw does not understand raises
-    :class:`ParseError` when ``strict``, else lands in :attr:`LiveState.unknown`.
-    """
-    entries: list[tuple[frozenset[MarkRule], str]] = []
-    unknown: list[str] = []
-    prerouting: list[str] = []
-    chain_present = False
-    for line, words in _mangle_lines(text):
-        if words[0].startswith(":"):
-            chain_present = chain_present or words[0] == f":{CHAIN}"
-        elif words[0] not in _COMMANDS:
-            raise ParseError("iptables", line, f"unknown command {words[0]!r}")
-        elif words[1:2] == [CHAIN]:
-            if words[0] != "-A":
-                raise ParseError("iptables", line, f"only -A may name {CHAIN}")
-            try:
-                entries.append(parse_rule(_tokens(line)[2:], line))
-            except ParseError:
-                if strict:
-                    raise
-                unknown.append(line)
-        elif words[:2] == ["-A", "PREROUTING"]:
-            prerouting.append(line)
-    return LiveState(
-        rules=frozenset(r for rules, _ in entries for r in rules),
-        entries=tuple(entries),
-        unknown=tuple(unknown),
-        chain_present=chain_present,
-        jumps=sum(map(_is_jump, prerouting)),
-        prerouting=tuple(prerouting),
-    )
-
-
 class Iptables(PacketFilter):
-    """The shared ``iptables-restore`` backend; subclasses name their binaries."""
+    """The shared ``iptables-restore`` + ipset backend; subclasses name binaries and sets."""
 
     #: Per family: the ``-restore`` and ``-save`` programs.
     binaries: ClassVar[dict[Family, tuple[str, str]]]
+    #: Per family: the name of lvsfw's set (distinct per flavour: both may hold rules).
+    set_names: ClassVar[dict[Family, str]]
 
     @classmethod
     def available(cls) -> None:
-        """Raise :class:`BackendUnavailable` when one of the programs is not installed."""
+        """Raise :class:`BackendUnavailable` when a program or kernel support is missing."""
         for restore, save in cls.binaries.values():
             for program in (restore, save):
                 if shutil.which(program, path=_PATH) is None:
                     raise BackendUnavailable(f"{program} not found; {INSTALL_HINT}")
+        if shutil.which("ipset", path=_PATH) is None:
+            raise BackendUnavailable(f"ipset not found; {ipset.INSTALL_HINT}")
+        problem = ipset.kernel_problem()
+        if problem is not None:
+            raise BackendUnavailable(f"{cls.name}: {problem}")
+
+    # -- text ------------------------------------------------------------------------------
+
+    def chain_lines(self, spec: Specification, family: Family, with_set: bool) -> list[str]:
+        """The own chain's rules: the set rules (``with_set``), then the range rules."""
+        name = self.set_names[family]
+        head = [set_rule(name), return_rule(name)] if with_set else []
+        return head + rule_lines(spec, family, ranges_only=True)
 
     def family_text(self, spec: Specification, family: Family, jump: bool = True) -> str:
-        """The restore transaction for ``family``: own chain re-declared (flushed) and filled."""
-        lines = [f":{CHAIN} - [0:0]", *rule_lines(spec, family)]
+        """The restore transaction for ``family``: own chain re-declared (flushed) and filled.
+
+        It names ``family``'s set when ``spec`` has single ports there: load :meth:`ipset_text`
+        first.
+        """
+        with_set = bool(ipset.wanted_members(spec, family))
+        lines = [f":{CHAIN} - [0:0]", *self.chain_lines(spec, family, with_set)]
         return restore_text([*lines, f"-A PREROUTING {JUMP}"] if jump else lines)
 
+    def ipset_text(self, spec: Specification) -> str:
+        """``ipset restore -exist`` input creating and filling each family's set."""
+        lines: list[str] = []
+        for family in Family:
+            members = ipset.wanted_members(spec, family)
+            if members:
+                lines += ipset.render_lines(self.set_names[family], family, members)
+        return "".join(f"{line}\n" for line in lines)
+
     def render_spec(self, spec: Specification) -> str:
-        """Both families' ``iptables-restore --noflush`` input, each under a header comment."""
+        """The ipset section (``ipset restore -exist`` input), then each family's
+        ``iptables-restore --noflush`` input, each under a header comment."""
         families = [f for f in Family if any(r.family == f for r in spec.rules)]
         parts = [
-            "# lvsfw mangle rules: load each section once with iptables-restore --noflush"
-            " (ip6tables-restore for the ip6tables one)"
+            "# lvsfw mangle rules: load the ipset section with ipset restore -exist, then each"
+            " section once with iptables-restore --noflush (ip6tables-restore for ip6tables)"
         ]
+        sets = self.ipset_text(spec)
+        parts += [f"# ipset\n{sets.rstrip()}"] if sets else []
         parts += [f"{_HEADERS[f]}\n{self.family_text(spec, f)}" for f in families]
         return "\n".join(parts) + ("" if families else "\n")
 
     def parse(self, text: str) -> frozenset[MarkRule]:
-        """The mark rules in lvsfw's own chain of ``text``; foreign rules are ignored."""
-        return parse_state(text).rules
+        """The mark rules in ``text``: own chains' rules and the members of each own set an
+        own chain classifies through. Foreign rules and sets are ignored."""
+        outside: list[str] = []
+        state = parse_state(text, outside=outside)
+        sets = ipset.parse_sets(outside, set(self.set_names.values()))
+        rules = set(state.rules)
+        for family, name in self.set_names.items():
+            if name in state.sets and name in sets:
+                rules |= sets[name].rules(family)
+        return frozenset(rules)
+
+    # -- reading ---------------------------------------------------------------------------
 
     def _run(self, argv: list[str], stdin: Optional[str] = None) -> str:
-        return run(argv, netns=self.netns, stdin=stdin, install_hint=INSTALL_HINT)
+        hint = ipset.INSTALL_HINT if argv[0] == "ipset" else INSTALL_HINT
+        return run(argv, netns=self.netns, stdin=stdin, install_hint=hint)
 
     def save(self, family: Family) -> str:
         """The live ``iptables-save -t mangle`` text of ``family`` (save has no ``-w``)."""
@@ -375,50 +216,134 @@ class Iptables(PacketFilter):
         """lvsfw's part of the live mangle table of ``family`` (see :class:`LiveState`)."""
         return parse_state(self.save(family), strict=strict)
 
+    def set_list(self) -> frozenset[str]:
+        """Every set name in the namespace (``ipset list -n``)."""
+        return frozenset(self._run(["ipset", "list", "-n"]).split())
+
+    def live(self) -> Live:
+        """Read lvsfw's live state once (two saves, two ipset calls at most); every method
+        taking ``live=`` uses it instead of reading again."""
+        chains = {family: self.state(family) for family in Family}
+        names = self.set_list()
+        owned = [n for n in self.set_names.values() if n in names]
+        listing = "".join(f"list {n} -o save\n" for n in owned)
+        text = self._run(["ipset", "restore"], stdin=listing) if owned else ""
+        sets = ipset.parse_sets(text.splitlines(), owned, strict=False)
+        return Live(chains, sets, names, dict(self.set_names))
+
+    def _ipset(self, lines: list[str]) -> str:
+        return self._run(["ipset", "-exist", "restore"], stdin="".join(f"{x}\n" for x in lines))
+
+    def read(self, live: Optional[Live] = None) -> frozenset[MarkRule]:
+        """The mark rules in force: own chains' rules and their sets' members."""
+        return (live or self.live()).rules
+
+    def snapshot(self, live: Optional[Live] = None) -> Specification:
+        """The live own rules, bundle names (comments) included, for undo."""
+        live = live or self.live()
+        owners = {r: o for family in Family for r, o in live.owners(family).items()}
+        return Specification(frozenset(owners), frozenset(), owners)
+
+    # -- checking and writing --------------------------------------------------------------
+
     def _restore(self, family: Family, text: str, test: bool = False) -> None:
         """Load ``text`` with ``-restore -w --noflush`` (``--test``: validate only)."""
         restore = self.binaries[family][0]
         self._run([restore, "-w", "--noflush", *(["--test"] if test else [])], stdin=text)
 
-    def check(self, spec: Specification) -> None:
-        """``iptables-restore --test --noflush`` of each family's text (or, for a family
-        without rules, of the removal :meth:`apply` would load); nothing changes."""
+    def check(self, spec: Specification, live: Optional[Live] = None) -> None:
+        """``iptables-restore --test --noflush`` of each family's chain (or, for a family
+        without rules, of the removal :meth:`apply` would load); nothing changes.
+
+        The set rule is tested only where its set exists already: the tool resolves set names
+        while parsing. Set contents come from validated bundles; the kernel's word on them
+        comes with the apply, which undoes nothing it did not do.
+        """
+        names = live.names if live is not None else self.set_list()
         for family in Family:
-            if any(r.family == family for r in spec.rules):
-                self._restore(family, self.family_text(spec, family), test=True)
+            members = ipset.wanted_members(spec, family)
+            with_set = bool(members) and self.set_names[family] in names
+            lines = self.chain_lines(spec, family, with_set)
+            if lines or members:
+                text = restore_text([f":{CHAIN} - [0:0]", *lines, f"-A PREROUTING {JUMP}"])
+                self._restore(family, text, test=True)
             else:
-                text = self._removal(self.state(family))
-                if text is not None:
-                    self._restore(family, text, test=True)
+                chain = live.chains[family] if live is not None else self.state(family)
+                removal = self._removal(chain)
+                if removal is not None:
+                    self._restore(family, removal, test=True)
 
-    def _plan(self, spec: Specification, family: Family) -> Optional[str]:
-        """The transaction making ``family`` equal ``spec``, or None if it already does."""
-        live = self.state(family)
-        wanted = parse_state(self.family_text(spec, family, jump=False))
-        if not wanted.rules:
-            return self._removal(live)
-        if live.entries == wanted.entries and not live.unknown and live.jumps == 1:
+    def _chain_plan(self, spec: Specification, family: Family, live: Live) -> Optional[str]:
+        """The transaction making ``family``'s chain equal ``spec``, or None if it does."""
+        chain = live.chains[family]
+        wanted = self.chain_lines(spec, family, bool(ipset.wanted_members(spec, family)))
+        if not wanted:
+            return self._removal(chain)
+        clean = chain.chain_present and not live.problems(family)
+        if clean and chain.jumps == 1 and chain.lines == tuple(wanted):
             return None
-        lines = [f":{CHAIN} - [0:0]", *rule_lines(spec, family)]
-        lines += [f"-D PREROUTING {JUMP}"] * max(live.jumps - 1, 0)
-        lines += [] if live.jump_present else [f"-A PREROUTING {JUMP}"]
-        return restore_text(lines)
+        jumps = [f"-D PREROUTING {JUMP}"] * max(chain.jumps - 1, 0)
+        jumps += [] if chain.jump_present else [f"-A PREROUTING {JUMP}"]
+        present, wanted_set = set(chain.lines), set(wanted)
+        kept = [line for line in chain.lines if line in wanted_set]
+        if (
+            not clean
+            or len(present) < len(chain.lines)
+            or kept != [line for line in wanted if line in present]
+        ):  # damaged or reordered: flush and refill
+            return restore_text([f":{CHAIN} - [0:0]", *wanted, *jumps])
+        edits = [f"-D{line[2:]}" for line in chain.lines if line not in wanted_set]
+        size, prefix = len(kept), f"-A {CHAIN} "
+        for index, line in enumerate(wanted):
+            if line not in present:
+                where = f"-A {CHAIN} " if index == size else f"-I {CHAIN} {index + 1} "
+                edits.append(where + line[len(prefix) :])
+                size += 1
+        return restore_text([*edits, *jumps])
 
-    def apply(self, spec: Specification) -> None:
-        """Make each family's own chain equal ``spec``: tested first, then one restore each."""
-        plans = {family: self._plan(spec, family) for family in Family}
-        pending = {family: text for family, text in plans.items() if text is not None}
-        for family, text in pending.items():
-            self._restore(family, text, test=True)
-        for family, text in pending.items():
+    def _writes(self, spec: Specification, live: Live) -> Writes:
+        """What makes the own sets and chains equal ``spec`` from ``live``: the ``ipset
+        restore`` lines before the chains, each changed family's restore text, and the lines
+        destroying the sets no rule names any more (all empty: nothing to write)."""
+        temps = {n + ipset.TEMP_SUFFIX for n in self.set_names.values()} & live.names
+        before = [f"destroy {n}" for n in sorted(temps)]
+        after: list[str] = []
+        for family, name in self.set_names.items():
+            members = ipset.wanted_members(spec, family)
+            if members:
+                existing = live.names - temps
+                before += ipset.load_lines(name, family, members, live.sets.get(name), existing)
+            elif name in live.names:
+                after.append(f"destroy {name}")
+        plans = {family: self._chain_plan(spec, family, live) for family in Family}
+        chains = {family: text for family, text in plans.items() if text is not None}
+        return before, chains, after
+
+    def _write(self, writes: Writes) -> None:
+        before, chains, after = writes
+        if before:
+            self._ipset(before)
+        for family, text in chains.items():
             self._restore(family, text)
+        if after:
+            self._destroy(after)
 
-    def read(self) -> frozenset[MarkRule]:
-        """The mark rules in lvsfw's live chains, both families."""
-        rules: set[MarkRule] = set()
-        for family in Family:
-            rules |= self.state(family, strict=True).rules
-        return frozenset(rules)
+    def apply(self, spec: Specification, live: Optional[Live] = None) -> None:
+        """Make the own sets and chains equal ``spec`` from one read (``live``, else read
+        now): sets first, then one restore per changed family, then unused sets destroyed."""
+        self._write(self._writes(spec, live or self.live()))
+
+    def _destroy(self, lines: list[str]) -> None:
+        """``ipset destroy`` of sets just released by the chains; nf_tables drops a deleted
+        rule's set reference shortly after its commit, so a busy set is tried again."""
+        for attempt in range(_DESTROY_TRIES):
+            try:
+                self._ipset(lines)
+                return
+            except CommandFailed as exc:
+                if "in use" not in exc.stderr or attempt == _DESTROY_TRIES - 1:
+                    raise
+                time.sleep(_DESTROY_PAUSE)
 
     @staticmethod
     def _removal(live: LiveState) -> Optional[str]:
@@ -429,46 +354,108 @@ class Iptables(PacketFilter):
             lines += [f"-F {CHAIN}", f"-X {CHAIN}"]
         return restore_text(lines)
 
-    def snapshot(self) -> Specification:
-        """The live own chains, bundle names (from the comments) included, for undo."""
-        owners: dict[MarkRule, str] = {}
+    def remove(self, live: Optional[Live] = None) -> None:
+        """Delete the jump, flush and delete the own chain, per family, then the own sets;
+        no-op when absent."""
+        live = live or self.live()
         for family in Family:
-            for rules, comment in self.state(family, strict=True).entries:
-                owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
-        return Specification(frozenset(owners), frozenset(), owners)
-
-    def findings(self, spec: Specification) -> list[Finding]:
-        """Own chain or jump missing, unknown own rules, foreign rules skipping or overriding."""
-        found: list[Finding] = []
-        for family in {r.family for r in spec.rules}:
-            live, where = self.state(family), f"{_HEADERS[family][2:]} mangle"
-            if not live.chain_present:
-                found.append(Finding(f"{where}: chain {CHAIN} is missing"))
-            if live.jumps != 1:
-                found.append(Finding(f"{where}: PREROUTING jumps to {CHAIN} {live.jumps} times"))
-            found += [Finding(f"{where}: unexpected rule in {CHAIN}: {x}") for x in live.unknown]
-            before = live.foreign_before_jump
-            after = live.prerouting[len(before) + 1 :] if live.jump_present else ()
-            for line, targets, what in (
-                *((x, _SKIPPING, "before lvsfw's jump skips") for x in before),
-                *((x, _MARKING, "after lvsfw's jump overrides") for x in after),
-            ):
-                words = line.split()
-                target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
-                if target in targets:
-                    found.append(_finding(f"foreign rule {what} its marks: {line}", words))
-        return found
-
-    def boot_files(self, spec: Specification) -> dict[str, str]:
-        """``lvsfw.rules.v4``/``.v6``: ``iptables-restore --noflush`` input per family."""
-        return {f"lvsfw.rules.v{f.value[-1]}": self.family_text(spec, f) for f in Family}
-
-    def remove(self) -> None:
-        """Delete the jump, flush and delete the own chain, per family; no-op when absent."""
-        for family in Family:
-            text = self._removal(self.state(family))
+            text = self._removal(live.chains[family])
             if text is not None:
                 self._restore(family, text)
+        owned = {n for name in self.set_names.values() for n in (name, name + ipset.TEMP_SUFFIX)}
+        if owned & live.names:
+            self._destroy([f"destroy {n}" for n in sorted(owned & live.names)])
+
+    # -- structure -------------------------------------------------------------------------
+
+    def findings(self, spec: Specification, live: Optional[Live] = None) -> list[Finding]:
+        """Own chain, jump or set missing or damaged, unknown own rules, foreign rules
+        skipping or overriding."""
+        live = live or self.live()
+        found: list[Finding] = []
+        for family in sorted({r.family for r in spec.rules}, key=lambda f: f.value):
+            chain, where = live.chains[family], f"{_HEADERS[family][2:]} mangle"
+            name = self.set_names[family]
+            if not chain.chain_present:
+                found.append(Finding(f"{where}: chain {CHAIN} is missing"))
+            if chain.jumps != 1:
+                found.append(Finding(f"{where}: PREROUTING jumps to {CHAIN} {chain.jumps} times"))
+            found += [
+                Finding(f"{where}: unexpected rule in {CHAIN} or set {name}: {x}")
+                for x in live.problems(family)
+            ]
+            if ipset.wanted_members(spec, family):
+                found += self._set_findings(live, family, where)
+            found += self._overrides(chain, where)
+        return found
+
+    def _set_findings(self, live: Live, family: Family, where: str) -> list[Finding]:
+        name, chain = self.set_names[family], live.chains[family]
+        found = []
+        if name not in live.sets:
+            found.append(Finding(f"{where}: set {name} is missing"))
+        elif live.sets[name].problem(family) is not None:
+            found.append(Finding(f"{where}: set {name} {live.sets[name].problem(family)}"))
+        if chain.chain_present and name not in chain.sets:
+            found.append(Finding(f"{where}: {CHAIN} does not classify through set {name}"))
+        return found
+
+    @staticmethod
+    def _overrides(chain: LiveState, where: str) -> list[Finding]:
+        found = []
+        before = chain.foreign_before_jump
+        after = chain.prerouting[len(before) + 1 :] if chain.jump_present else ()
+        for line, targets, what in (
+            *((x, _SKIPPING, "before lvsfw's jump skips") for x in before),
+            *((x, _MARKING, "after lvsfw's jump overrides") for x in after),
+        ):
+            words = line.split()
+            target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+            if target in targets:
+                found.append(_finding(f"foreign rule {what} its marks: {line}", words))
+        return found
+
+    # -- one read per apply (the Director's optional Transactional interface) -----------
+
+    def observe(self, fast: bool = False) -> Live:
+        """The live state, read in full (``fast`` is ignored: nothing proves the tables and
+        sets unchanged since lvsfw's last write without reading them). :class:`Live` has no
+        ``cached`` flag, so the Director always dry-runs a change first: an apply is several
+        transactions (sets, then each family), not one."""
+        return self.live()
+
+    def table_findings(self, spec: Specification, live: Live) -> list[Finding]:
+        """:meth:`findings` from ``live``."""
+        return self.findings(spec, live)
+
+    def inspect(self, spec: Specification) -> tuple[Live, list[Finding]]:
+        """One full read for drift: the live state and its findings."""
+        live = self.live()
+        return live, self.findings(spec, live)
+
+    def transaction(self, spec: Specification, live: Live) -> Optional[Change]:
+        """The apply of ``spec`` planned against ``live`` (None: nothing to write)."""
+        writes = self._writes(spec, live)
+        return Change(spec, live, writes, self.snapshot(live)) if any(writes) else None
+
+    def dry_run(self, change: Change) -> None:
+        """:meth:`check` of ``change`` against the state it was planned on."""
+        self.check(change.spec, change.live)
+
+    def commit(self, change: Change, undo: bool = False) -> None:
+        """Write ``change``; ``undo``: load back the rules it replaced, from a fresh read (a
+        failed commit may have written its sets and not its chains)."""
+        if undo:
+            self.apply(change.before)
+        else:
+            self._write(change.writes)
+
+    def boot_files(self, spec: Specification) -> dict[str, str]:
+        """``lvsfw.ipset`` (``ipset restore -exist`` input, to load first) and
+        ``lvsfw.rules.v4``/``.v6`` (``iptables-restore --noflush`` input per family)."""
+        files = {f"lvsfw.rules.v{f.value[-1]}": self.family_text(spec, f) for f in Family}
+        sets = self.ipset_text(spec)
+        return {"lvsfw.ipset": sets, **files} if sets else files
 
 
 class IptablesLegacy(Iptables):
@@ -478,6 +465,10 @@ class IptablesLegacy(Iptables):
     binaries: ClassVar[dict[Family, tuple[str, str]]] = {
         Family.IPV4: ("iptables-legacy-restore", "iptables-legacy-save"),
         Family.IPV6: ("ip6tables-legacy-restore", "ip6tables-legacy-save"),
+    }
+    set_names: ClassVar[dict[Family, str]] = {
+        Family.IPV4: "lvsfw4-legacy",
+        Family.IPV6: "lvsfw6-legacy",
     }
 
 
@@ -489,14 +480,17 @@ class IptablesNft(Iptables):
         Family.IPV4: ("iptables-nft-restore", "iptables-nft-save"),
         Family.IPV6: ("ip6tables-nft-restore", "ip6tables-nft-save"),
     }
+    set_names: ClassVar[dict[Family, str]] = {Family.IPV4: "lvsfw4-nft", Family.IPV6: "lvsfw6-nft"}
 
 
 __all__ = [
     "CHAIN",
     "JUMP",
+    "Change",
     "Iptables",
     "IptablesLegacy",
     "IptablesNft",
+    "Live",
     "LiveState",
     "address_text",
     "parse_rule",
