@@ -11,7 +11,7 @@ from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.detect import detect_firewall
 from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
-from lvsfw.errors import LvsfwError, ValidationError
+from lvsfw.errors import LvsfwError, ValidationError, add_note
 from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
@@ -22,8 +22,6 @@ from lvsfw.rules import FwmarkService, Memo, Normalizer, Specification, specify
 #: ``commit`` comes last, just before the state file records the new ownership.
 STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
-#: Where programs are looked up (as lvsfw.command runs them).
-_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 @runtime_checkable
@@ -51,15 +49,6 @@ class Transactional(Protocol):
     def table_findings(self, spec: Specification, live: Any) -> list[Finding]: ...
 
     def inspect(self, spec: Specification) -> tuple[Any, list[Finding]]: ...
-
-
-def _note(exc: BaseException, text: str) -> None:
-    """Attach ``text`` to ``exc`` (PEP 678 notes where Python has them)."""
-    notes = getattr(exc, "__notes__", None)
-    if notes is None:
-        notes = []
-        exc.__notes__ = notes
-    notes.append(text)
 
 
 class Director:
@@ -316,7 +305,7 @@ class Director:
             if undone:
                 state.restore(self.state_file, saved)
             else:  # keep the pending ownership: the next apply or destroy cleans up
-                _note(exc, f"lvsfw: {self.state_file} keeps pending ownership for cleanup")
+                add_note(exc, f"lvsfw: {self.state_file} keeps pending ownership for cleanup")
             raise
 
     def _rollback(
@@ -349,7 +338,7 @@ class Director:
                 step()
             except LvsfwError as failure:
                 undone = False
-                _note(exc, f"lvsfw: undo failed too: {failure}")
+                add_note(exc, f"lvsfw: undo failed too: {failure}")
         return undone
 
     def destroy(self) -> Plan:

@@ -28,7 +28,7 @@ START_MARKER = "lvsfw-vm: guest command starting"
 GUEST_MODULES = [
     "veth", "dummy", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc", "ip_vs_lc", "ip_vs_sh",
     "nf_conntrack", "nf_tables", "nft_ct", "iptable_mangle", "ip6table_mangle",
-    "iptable_filter", "ip6table_filter", "xt_mark", "ip_set",
+    "iptable_filter", "ip6table_filter", "xt_mark", "ip_set", "ip_set_hash_ipport", "xt_set",
 ]
 # Host variables always passed to the guest command (if set), besides every LVSFW_* one.
 PASSED_ENV = ["PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "PYENV_VERSION"]
