@@ -169,3 +169,18 @@ def test_ipvs_drift(netns: Netns, fake: Path) -> None:
     assert {(s.mark, str(s.family)) for s in plan.add_services} == {(53, "ipv6")}
     assert {(s.mark, str(s.family)) for s in plan.change_services} == {(80, "ipv4")}
     repaired(d)
+
+
+@pytest.mark.parametrize("firewall", list(IPT))
+def test_unknown_rule_inside_own_chain_is_reported_and_repaired(
+    netns: Netns, fake: Path, firewall: str
+) -> None:
+    """A rule lvsfw did not write, placed inside its own chain, is drift, not a crash."""
+    d = applied(netns, fake, firewall)
+    ipt(
+        netns, firewall, "-I", "LVSFW-PREROUTING", "1", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"
+    )
+    report = d.verify(BUNDLES)
+    structure = findings(report, "structure")
+    assert any("--dport 80 -j ACCEPT" in detail for _, detail in structure), report
+    repaired(d)

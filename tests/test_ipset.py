@@ -205,8 +205,7 @@ def test_live_damaged_set_is_found_and_repaired(live: Iptables) -> None:  # noqa
     live.apply(spec)
     assert live.read() == spec.rules
     run(["ipset", "add", name, "2001:db8::10,udp:1", "skbprio", "1:2"], netns=live.netns)
-    with pytest.raises(ParseError):
-        live.read()
+    assert live.read() == spec.rules  # the member it cannot read is drift, not a crash
     assert any("unexpected" in f.detail for f in live.findings(spec))
     live.apply(spec)
     assert live.read() == spec.rules and not live.findings(spec)

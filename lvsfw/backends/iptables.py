@@ -47,7 +47,7 @@ from lvsfw.backends.iptsyntax import (
 )
 from lvsfw.command import run
 from lvsfw.enums import Family, Protocol
-from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
+from lvsfw.errors import BackendUnavailable, CommandFailed
 from lvsfw.rules import MarkRule, Specification
 
 INSTALL_HINT = "apt-get install iptables"
@@ -83,10 +83,8 @@ class Live:
         return found
 
     def owners(self, family: Family) -> dict[MarkRule, str]:
-        """The effective own rules of ``family`` with their bundle names; raises
-        :class:`ParseError` on anything lvsfw does not understand."""
-        for problem in self.problems(family):
-            raise ParseError("iptables", problem, f"unexpected in lvsfw's {CHAIN} or its set")
+        """The own rules of ``family`` lvsfw understands, with their bundle names. What it
+        does not understand is in :meth:`problems`: drift to report and repair, not a crash."""
         owners: dict[MarkRule, str] = {}
         for rules, comment in self.chains[family].entries:
             owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
