@@ -152,7 +152,12 @@ def finding_drift(findings: Iterable[Finding], bundles: Sequence[Bundle]) -> lis
     drift: list[Drift] = []
     for finding in findings:
         kind = "override" if finding.detail.startswith("foreign") else "structure"
-        hit = [b for b in bundles if finding.vip is None or finding.vip in b.vips]
+        hit = [
+            b
+            for b in bundles
+            if (finding.vip is None or finding.vip in b.vips)
+            and (finding.family is None or finding.family in b.families)
+        ]
         if finding.protocol is not None and finding.port is not None:
             hit = [b for b in hit if (finding.protocol, finding.port) in b.ports]
         port = f" ({finding.protocol}:{finding.port})" if finding.port is not None else ""

@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 
 import attrs
 
-from lvsfw.enums import IPAddress, Protocol
+from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.model import Bundle
 from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
 
@@ -17,13 +17,15 @@ from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
 class Finding:
     """A structural departure found in the live kernel.
 
-    ``vip``/``protocol``/``port`` narrow which bundled packets it affects (None: all).
+    ``family``/``vip``/``protocol``/``port`` narrow which bundled packets it affects
+    (None: all).
     """
 
     detail: str
     vip: Optional[IPAddress] = None
     protocol: Optional[Protocol] = None
     port: Optional[int] = None
+    family: Optional[Family] = None
 
 
 class Backend(abc.ABC):

@@ -370,8 +370,9 @@ class Iptables(PacketFilter):
         """Own chain, jump or set missing or damaged, unknown own rules, foreign rules
         skipping or overriding."""
         live = live or self.live()
-        found: list[Finding] = []
+        everywhere: list[Finding] = []
         for family in sorted({r.family for r in spec.rules}, key=lambda f: f.value):
+            found: list[Finding] = []
             chain, where = live.chains[family], f"{_HEADERS[family][2:]} mangle"
             name = self.set_names[family]
             if not chain.chain_present:
@@ -385,7 +386,8 @@ class Iptables(PacketFilter):
             if ipset.wanted_members(spec, family):
                 found += self._set_findings(live, family, where)
             found += self._overrides(chain, where)
-        return found
+            everywhere += [attrs.evolve(f, family=family) for f in found]
+        return everywhere
 
     def _set_findings(self, live: Live, family: Family, where: str) -> list[Finding]:
         name, chain = self.set_names[family], live.chains[family]
