@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from lvsfw.errors import ConflictError
+from lvsfw.enums import Family
+from lvsfw.errors import ConflictError, ValidationError
 from lvsfw.model import Bundle
 
 
@@ -42,31 +43,32 @@ def _check_ports(bundles: Sequence[Bundle]) -> None:
 
 
 def _check_marks(bundles: Sequence[Bundle]) -> None:
-    """Bundles sharing a mark must share mask and IPVS service (it is one service)."""
+    """Bundles sharing a mark must share its mask, and per address family its IPVS service
+    (IPVS keys a fwmark service on (family, mark): it is one service)."""
     by_mark: dict[int, Bundle] = {}
+    by_service: dict[tuple[Family, int], Bundle] = {}
     for bundle in bundles:
-        other = by_mark.setdefault(bundle.mark.value, bundle)
-        if other is bundle:
-            continue
-        if other.mark.mask != bundle.mark.mask:
-            what = "mask"
-        elif any(
-            other.service.for_family(f) != bundle.service.for_family(f)
-            for f in set(other.families) & set(bundle.families)
-        ):
-            what = "IPVS service"
-        else:
-            continue
-        raise ConflictError(
-            f"bundles {other.name!r} and {bundle.name!r} share mark {bundle.mark.value} "
-            f"but differ in {what}; one mark is one IPVS service per family",
-            other.name,
-            bundle.name,
-        )
+        mark = bundle.mark.value
+        other = by_mark.setdefault(mark, bundle)
+        pairs = [(other, "mask")] if other.mark.mask != bundle.mark.mask else []
+        for family in bundle.families:
+            first = by_service.setdefault((family, mark), bundle)
+            if first.service.for_family(family) != bundle.service.for_family(family):
+                pairs.append((first, f"{family} IPVS service"))
+        for first, what in pairs[:1]:
+            raise ConflictError(
+                f"bundles {first.name!r} and {bundle.name!r} share mark {mark} "
+                f"but differ in {what}; one mark is one IPVS service per family",
+                first.name,
+                bundle.name,
+            )
 
 
 def check_bundles(bundles: Sequence[Bundle]) -> None:
     """Raise :class:`ConflictError` naming both bundles if any two of ``bundles`` collide."""
+    for item in bundles:
+        if not isinstance(item, Bundle):
+            raise ValidationError("bundles", item, "a list of Bundle objects")
     _check_names(bundles)
     _check_ports(bundles)
     _check_marks(bundles)

@@ -353,7 +353,9 @@ class Director:
                 stale.remove()
             if self.ipvs is not None and current.services:
                 self.ipvs.remove(current.services)
-            state.save(self.state_file, state.State(frozenset(), self.firewall.name))
+            # without IPVS, its owned services stay recorded: they are still lvsfw's to remove
+            kept = current.services if self.ipvs is None else frozenset()
+            state.save(self.state_file, state.State(kept, self.firewall.name))
         return plan
 
     # -- boot persistence ----------------------------------------------------------------

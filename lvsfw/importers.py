@@ -292,10 +292,10 @@ def read_live(netns: Optional[str] = None) -> Scan:
 
 
 def _safe_name(name: Optional[str], mark: int) -> str:
-    if name and NAME_PATTERN.match(name):
+    if name and NAME_PATTERN.fullmatch(name):
         return name
     text = re.sub(r"[^A-Za-z0-9_.-]+", "-", name or "").strip("-")[:28]
-    return text if NAME_PATTERN.match(text) else f"mark{mark}"
+    return text if NAME_PATTERN.fullmatch(text) else f"mark{mark}"
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -21,7 +21,7 @@ MAX_MARK = 2**32 - 1
 MAX_WEIGHT = 65535
 MAX_PERSISTENCE = 31 * 24 * 3600  # ipvsadm's limit: 2678400 s
 MAX_THRESHOLD = 2**31 - 1
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,28}")  # always used with fullmatch
 
 
 def _u32(field: str, value: object, low: int) -> int:
@@ -32,15 +32,19 @@ def _u32(field: str, value: object, low: int) -> int:
 
 def parse_address(field: str, value: object) -> IPAddress:
     """An IPv4 or IPv6 address from ``value``; :class:`ValidationError` names ``field``."""
-    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+    if isinstance(value, ipaddress.IPv4Address) or (
+        isinstance(value, ipaddress.IPv6Address) and getattr(value, "scope_id", None) is None
+    ):
         return value
-    if isinstance(value, str):
+    # No IPv6 zone ("fe80::1%eth0"): ipaddress takes any text after "%", and a VIP's text
+    # reaches rule files; a zone also has no meaning for a VIP or a real server.
+    if isinstance(value, str) and "%" not in value:
         try:
             return ipaddress.ip_address(value.strip())
         except ValueError:
             pass
     raise ValidationError(
-        field, value, "an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::10"
+        field, value, "an IPv4 or IPv6 address (no %zone) such as 192.0.2.10 or 2001:db8::10"
     )
 
 
@@ -215,7 +219,7 @@ class VirtualService:
 
 
 def _name(value: object) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise ValidationError("name", value, "1..28 characters from [A-Za-z0-9_.-]")
     return value
 

@@ -13,13 +13,13 @@ from lvsfw.errors import LvsfwError, ValidationError
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 T = TypeVar("T")
 
 
 def check_netns(name: str) -> str:
     """Return the path of namespace ``name``; raise :class:`LvsfwError` if it does not exist."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in {".", ".."}:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
         raise ValidationError("netns", name, "a namespace name of [A-Za-z0-9_.-]")
     path = os.path.join(NETNS_DIR, name)
     if not os.path.exists(path):

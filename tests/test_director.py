@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import pytest
 
-from lvsfw import Bundle, CommandFailed, ConflictError, Director, LvsfwError, specify
+from lvsfw import Bundle, CommandFailed, ConflictError, Director, LvsfwError, specify, state
 from lvsfw.backends.iptables import Iptables
 from lvsfw.backends.ipvs import parse_dump
 from lvsfw.backends.nftables import Nftables
@@ -654,3 +654,14 @@ def test_saved_boot_files_restore_the_spec(tmp_path: Path, fake: Path, firewall:
         assert not d.firewall.findings(spec)
     finally:
         ns.close()
+
+
+def test_destroy_without_ipvs_keeps_owned_services_recorded(netns: Netns, fake: Path) -> None:
+    """Marks-only destroy leaves IPVS alone, and lvsfw still knows those services are its."""
+    director(netns, fake).apply(BUNDLES)
+    owned = state.load(str(fake.parent.parent / "state.json")).services
+    assert owned
+    director(netns, fake, ipvs=False).destroy()
+    assert state.load(str(fake.parent.parent / "state.json")).services == owned
+    director(netns, fake).destroy()  # the full destroy can still remove them
+    assert fake_ipvsadm.table(fake) == FOREIGN_IPVS.replace(" -a", "-a")

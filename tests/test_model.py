@@ -253,3 +253,37 @@ def test_model_is_frozen() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         b.name = "other"  # type: ignore[misc]
     assert attrs.evolve(b, name="other").name == "other"
+
+
+@pytest.mark.parametrize("address", ["fe80::1%lo", "fe80::1%lo\n-F PREROUTING\n#", "2001:db8::1%"])
+def test_ipv6_zones_are_refused(address: str) -> None:
+    """Text after '%' would reach rule files; a VIP or real server has no zone anyway."""
+    with pytest.raises(ValidationError, match="no %zone"):
+        web(vips=[address])
+    with pytest.raises(ValidationError):
+        RealServer(address)
+    with pytest.raises(ValidationError):
+        RealServer(ipaddress.IPv6Address("fe80::1%lo"))
+
+
+@pytest.mark.parametrize("name", ["web\n", "web\nx", "\nweb"])
+def test_names_with_newlines_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        web(name=name)
+    assert info.value.field == "name"
+
+
+def test_conflict_between_families_of_a_shared_mark() -> None:
+    """v4-only, v6-only and dual-stack bundles on one mark: every (family, mark) is checked."""
+    a = web(name="a", vips="192.0.2.1", real_servers=[])
+    b = web(name="b", vips="2001:db8::1", scheduler="rr", real_servers=[])
+    c = web(name="c", vips=["192.0.2.3", "2001:db8::3"], real_servers=[])
+    with pytest.raises(ConflictError) as info:
+        check_bundles([a, b, c])
+    assert set(info.value.names) == {"b", "c"}
+    check_bundles([a, c])
+
+
+def test_specify_refuses_what_is_not_a_bundle() -> None:
+    with pytest.raises(ValidationError, match="Bundle"):
+        specify(["web"])  # type: ignore[list-item]
