@@ -7,18 +7,22 @@ from typing import Optional
 
 from lvsfw.command import run
 from lvsfw.errors import BackendUnavailable, CommandFailed, ConflictError
-from lvsfw.netns import call_in_netns
+from lvsfw.netns import call_in_netns, legacy_tables
 
 OWN_NFT_TABLE = ("inet", "lvsfw")
 
 
 def _legacy_mangle_in_use(netns: Optional[str]) -> bool:
-    try:
-        text = run(["iptables-legacy-save", "-t", "mangle"], netns=netns)
-        text6 = run(["ip6tables-legacy-save", "-t", "mangle"], netns=netns)
-    except (BackendUnavailable, CommandFailed):  # not installed, or no x_tables in the kernel
-        return False
-    return any(line.startswith("-A ") for line in (text + text6).splitlines())
+    tables = legacy_tables(netns)
+    text = ""
+    for family, save in (("ip", "iptables-legacy-save"), ("ip6", "ip6tables-legacy-save")):
+        if (family, "mangle") not in tables:  # never ask save: it would create the table
+            continue
+        try:
+            text += run([save, "-t", "mangle"], netns=netns)
+        except (BackendUnavailable, CommandFailed):  # not installed, or no x_tables
+            continue
+    return any(line.startswith("-A ") for line in text.splitlines())
 
 
 def _nft_tables(netns: Optional[str]) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ from lvsfw.enums import Family, IPAddress, Protocol, Scheduler, address_key
 from lvsfw.errors import BackendUnavailable, CommandFailed, LvsfwError, ParseError
 from lvsfw.markscan import FoundRule, Scan, scan
 from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService
+from lvsfw.netns import legacy_tables
 from lvsfw.ports import PortRange, merge_ranges
 from lvsfw.rules import specify
 
@@ -276,7 +277,11 @@ def read_live(netns: Optional[str] = None) -> Scan:
         ipsets = (run(["ipset", "save"], netns=netns), "live ipset save")
     except LvsfwError:  # no ipset program or kernel support: no set can classify
         ipsets = ("", "live ipset save")
+    tables = legacy_tables(netns)
     for argv in LIVE_DUMPS:
+        family = "ip6" if argv[0].startswith("ip6") else "ip"
+        if "legacy" in argv[0] and (family, "mangle") not in tables:
+            continue  # asking iptables-legacy-save would create the table
         try:
             text = run(list(argv), netns=netns)
         except BackendUnavailable:

@@ -63,3 +63,23 @@ def call_in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def legacy_tables(netns: str | None) -> frozenset[tuple[str, str]]:
+    """The iptables-legacy (x_tables) tables that exist in ``netns``: (``ip``|``ip6``, name).
+
+    Read from ``/proc/thread-self/net`` in the namespace: asking ``iptables-legacy-save``
+    instead would load (create) the table it is asked about.
+    """
+
+    def read() -> frozenset[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for family, listing in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names")):
+            try:
+                with open(f"/proc/thread-self/net/{listing}", encoding="ascii") as f:
+                    found.update((family, name) for name in f.read().split())
+            except OSError:  # no x_tables for this family in the kernel, or none loaded
+                pass
+        return frozenset(found)
+
+    return call_in_netns(netns, read)

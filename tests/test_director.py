@@ -29,6 +29,7 @@ from lvsfw.backends.iptables import Iptables
 from lvsfw.backends.ipvs import parse_dump
 from lvsfw.backends.nftables import Nftables
 from lvsfw.lock import LockTimeout
+from lvsfw.netns import legacy_tables
 from lvsfw.rules import normalize
 from tests import fake_ipvsadm
 from tests.netlab import (
@@ -531,8 +532,10 @@ def test_auto_detection(tmp_path: Path, fake: Path) -> None:
             if case == "own-table":
                 Director("nftables", netns=ns.name, ipvs=False, lock_dir=str(tmp_path),
                          state_file=str(tmp_path / "s.json")).apply(BUNDLES)  # fmt: skip
+            tables = legacy_tables(ns.name)
             d = Director("auto", netns=ns.name, ipvsadm=str(fake), lock_dir=str(tmp_path))
             assert d.firewall.name == expected, case
+            assert legacy_tables(ns.name) == tables, "detection must not create x_tables"
             if case == "legacy":  # ...and then iptables-nft mangle as well: refused
                 ns.nft("table ip mangle {\n}\n")
                 with pytest.raises(ConflictError, match="both iptables-legacy and nftables"):
