@@ -144,6 +144,15 @@ def cli() -> None:
     """
 
 
+def _read_text(path: str) -> str:
+    """The UTF-8 text of ``path``; an unreadable or undecodable file is one clear error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LvsfwError(f"{path}: cannot read: {exc}") from None
+
+
 @cli.command()
 @CONFIG
 @json_option
@@ -405,12 +414,10 @@ def import_(
     """
     if rules_file and live:
         raise click.UsageError("give --rules FILE or --live, not both")
-    with open(source, encoding="utf-8") as f:
-        text = f.read()
+    text = _read_text(source)
     rules = Scan()
     if rules_file:
-        with open(rules_file, encoding="utf-8") as f:
-            rules = scan(f.read(), rules_file)
+        rules = scan(_read_text(rules_file), rules_file)
     elif live:
         rules = importers.read_live(netns)
     result = importers.import_text(text, source, kind, rules)

@@ -24,7 +24,7 @@ from lvsfw.command import run
 from lvsfw.enums import Family, IPAddress, Protocol, Scheduler, address_key
 from lvsfw.errors import BackendUnavailable, CommandFailed, LvsfwError, ParseError
 from lvsfw.markscan import FoundRule, Scan, scan
-from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService
+from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService, parse_address
 from lvsfw.netns import legacy_tables
 from lvsfw.ports import PortRange, merge_ranges
 from lvsfw.rules import specify
@@ -137,8 +137,8 @@ def _settings(node: _Node) -> dict[str, _Node]:
 
 
 def _lvs_int(node: _Node, source: str, low: int = 0) -> int:
-    text = node.value().split()[0] if node.value() else ""
-    if not text.isdigit() or int(text) < low:
+    text = (node.value().split() or [""])[0]
+    if not (text.isascii() and text.isdigit()) or int(text) < low:
         raise ParseError("lvs.cf", f"{source}:{node.line}", f"{node.words[0]}: expected a number")
     return int(text)
 
@@ -150,7 +150,7 @@ def _lvs_server(node: _Node, forwarding: str, source: str) -> Optional[RealServe
     if "active" in items and _lvs_int(items["active"], source) == 0:
         return None
     weight = _lvs_int(items["weight"], source) if "weight" in items else 1
-    return RealServer(items["address"].value().split()[0], weight, forwarding)
+    return RealServer((items["address"].value().split() or [""])[0], weight, forwarding)
 
 
 def _lvs_virtual(node: _Node, forwarding: str, source: str, warn: list[str]) -> Optional[Source]:
@@ -166,7 +166,9 @@ def _lvs_virtual(node: _Node, forwarding: str, source: str, warn: list[str]) -> 
         )
         return None
     vips = (
-        (ipaddress.ip_address(items["address"].value().split()[0]),) if "address" in items else ()
+        (parse_address("address", (items["address"].value().split() or [""])[0]),)
+        if "address" in items
+        else ()
     )
     family = Family.of(vips[0]) if vips else Family.IPV4
     ports: tuple[PortRange, ...] = ()

@@ -100,11 +100,11 @@ class _Skip(Exception):
 
 
 def _port(text: str) -> int:
-    if text.isdigit() and 1 <= int(text) <= 65535:
+    if (text.isascii() and text.isdigit()) and 1 <= int(text) <= 65535:
         return int(text)
     try:
         return socket.getservbyname(text)
-    except OSError:
+    except (OSError, ValueError):  # unknown service; NUL or non-ASCII text
         raise _Skip(f"port {text!r} is not a number 1..65535 or a known service") from None
 
 
@@ -289,7 +289,7 @@ def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = No
         if target not in {"MARK", "SET"} or (target == "SET" and "--map-mark" not in tokens):
             continue
         body = tokens[2:]
-        if tokens[0] in {"-I", "--insert"} and body[:1] and body[0].isdigit():
+        if tokens[0] in {"-I", "--insert"} and body[:1] and body[0].isascii() and body[0].isdigit():
             body = body[1:]
         where = f"{source}:{number}"
         try:

@@ -425,3 +425,12 @@ def test_import_live_reads_lvsfws_ipsets(
     imported = config.loads(result.stdout).bundles
     assert specify(imported) == specify(bundles)
     assert sorted(b.name for b in imported) == sorted(b.name for b in bundles)
+
+
+def test_import_of_a_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "lvs.cf"
+    source.write_bytes(b"virtual web {\n address = \"\xff\xfe\"\n}\n")
+    result = invoke("import", str(source))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("lvsfw: ") and result.stderr.count("\n") == 1
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr

@@ -378,3 +378,29 @@ def test_round_trip_keepalived_render_then_import(firewall: str, bundles: list[B
 def test_found_rule_family() -> None:
     rule = FoundRule(1, 1, ipaddress.ip_address("2001:db8::1"), Protocol.TCP, 1, 1, "x")
     assert str(rule.family) == "ipv6"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'virtual web {\n address = ""\n fwmark = 80\n server a {\n address = ""\n }\n}\n',
+        'virtual web {\n address = "192.0.2.10"\n port = " "\n fwmark = 80\n}\n',
+        'virtual web {\n address = "192.0.2.10 eth0:1"\n fwmark = ²\n}\n',
+        "virtual_server fwmark ² {\n lb_algo rr\n}\n",
+        "virtual_server fwmark 80 {\n real_server 10.0.0.1 ² {\n weight 1\n }\n}\n",
+    ],
+)
+def test_odd_values_in_imported_files_raise_only_lvsfw_errors(text: str) -> None:
+    """Empty quoted values, non-ASCII digits: a clear error (or a warning), never a crash."""
+    try:
+        import_text(text, "odd.conf")
+    except LvsfwError as exc:
+        assert str(exc)
+
+
+@pytest.mark.parametrize("port", ["\x00", "²", "ünïcode", "http\x00"])
+def test_odd_ports_in_rules_are_skipped_with_a_warning(port: str) -> None:
+    found = scan(f"-A PREROUTING -d 192.0.2.10/32 -p tcp --dport {port} -j MARK --set-mark 80\n",
+                 "rules")  # fmt: skip
+    assert not found.rules
+    assert found.warnings

@@ -127,7 +127,7 @@ class SetState:
     def room(self) -> int:
         """How many members the set may hold (``maxelem``)."""
         text = self._option("maxelem") or "65536"
-        return int(text) if text.isdigit() else 0
+        return int(text) if (text.isascii() and text.isdigit()) else 0
 
     def rules(self, family: Family) -> frozenset[MarkRule]:
         """The members as mark rules of ``family``."""
@@ -146,7 +146,11 @@ def _member(words: list[str], line: str) -> tuple[Key, Value]:
         vip = ipaddress.ip_address(address)
     except ValueError:
         raise ParseError("ipset", line, f"member address {address!r} is not an address") from None
-    if proto not in _PROTOCOLS or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        proto not in _PROTOCOLS
+        or not (port.isascii() and port.isdigit())
+        or not 1 <= int(port) <= 65535
+    ):
         raise ParseError("ipset", line, "member is not VIP,tcp|udp|sctp:PORT")
     options = dict(zip(words[1::2], words[2::2]))
     if len(words) % 2 == 0 or set(options) - {"comment", "skbmark"} or "skbmark" not in options:

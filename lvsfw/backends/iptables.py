@@ -123,7 +123,7 @@ def _finding(detail: str, words: list[str]) -> Finding:
     except ValueError:
         address = None
     protocol = Protocol(proto) if proto in {p.value for p in Protocol} else None
-    number = int(port) if port and port.isdigit() else None
+    number = int(port) if port and port.isascii() and port.isdigit() else None
     return Finding(detail, address, protocol, number)
 
 

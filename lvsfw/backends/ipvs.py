@@ -196,7 +196,7 @@ def _parse_service(line: _Line) -> tuple[Key, VirtualService | None, str | None]
 def _parse_server(line: _Line, family: Family) -> tuple[RealServer, str | None]:
     text = line.options.pop("-r", "")
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         line.fail(f"-r {text!r} is not ADDRESS:PORT")
     try:
         address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)

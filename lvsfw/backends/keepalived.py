@@ -191,7 +191,7 @@ def parse_blocks(text: str) -> frozenset[FwmarkService]:
             continue
         where = f"line {node.line}: {' '.join(node.words)}"
         number = node.words[2] if len(node.words) == 3 else ""
-        if not number.isdigit() or not 1 <= int(number) <= 2**32 - 1:
+        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 2**32 - 1:
             raise ParseError("keepalived", where, "expected 'virtual_server fwmark 1..2**32-1 {'")
         try:
             service = _service(node)
