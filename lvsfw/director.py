@@ -80,6 +80,7 @@ class Director:
         backend = registry.get(name)(netns=netns)
         if not isinstance(backend, PacketFilter):
             raise ValidationError("firewall", firewall, "a packet-filter backend or 'auto'")
+        backend.available()  # BackendUnavailable saying what to install, before any work
         self.firewall: PacketFilter = backend
         self.ipvs: Optional[Ipvs] = Ipvs(netns=netns, ipvsadm=ipvsadm) if ipvs else None
         self.state_file = state_file or state.state_path(netns)

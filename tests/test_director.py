@@ -24,7 +24,16 @@ from typing import Any, Optional
 
 import pytest
 
-from lvsfw import Bundle, CommandFailed, ConflictError, Director, LvsfwError, specify, state
+from lvsfw import (
+    BackendUnavailable,
+    Bundle,
+    CommandFailed,
+    ConflictError,
+    Director,
+    LvsfwError,
+    specify,
+    state,
+)
 from lvsfw.backends.iptables import Iptables
 from lvsfw.backends.ipvs import parse_dump
 from lvsfw.backends.nftables import Nftables
@@ -668,3 +677,16 @@ def test_destroy_without_ipvs_keeps_owned_services_recorded(netns: Netns, fake: 
     assert state.load(str(fake.parent.parent / "state.json")).services == owned
     director(netns, fake).destroy()  # the full destroy can still remove them
     assert fake_ipvsadm.table(fake) == FOREIGN_IPVS.replace(" -a", "-a")
+
+
+def test_unusable_firewall_is_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The backend says why it cannot run (and what to install) when the Director is made."""
+    from lvsfw.backends.iptables import IptablesNft
+
+    missing = {f: ("lvsfw-no-such-restore", "lvsfw-no-such-save") for f in IptablesNft.binaries}
+    monkeypatch.setattr(IptablesNft, "binaries", missing)
+    with pytest.raises(BackendUnavailable, match="lvsfw-no-such-restore not found; apt-get"):
+        Director("iptables-nft", ipvs=False, state_file=str(tmp_path / "s.json"),
+                 lock_dir=str(tmp_path))  # fmt: skip

@@ -70,7 +70,8 @@ class PacketFilter(Backend):
 
     @abc.abstractmethod
     def apply(self, spec: Specification) -> None:
-        """Make lvsfw's own rules in the kernel equal ``spec``, atomically.
+        """Make lvsfw's own rules in the kernel equal ``spec``, atomically where the kernel
+        allows (nftables: one transaction; iptables: one restore per table and family).
 
         Writes nothing when the live rules already equal ``spec``.
         """
