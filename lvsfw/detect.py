@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
+from lvsfw.backends.nftables import Context
 from lvsfw.command import run
-from lvsfw.errors import BackendUnavailable, CommandFailed, ConflictError
+from lvsfw.errors import BackendUnavailable, CommandFailed, ConflictError, LvsfwError
 from lvsfw.netns import call_in_netns, legacy_tables
 
 OWN_NFT_TABLE = ("inet", "lvsfw")
@@ -26,20 +26,17 @@ def _legacy_mangle_in_use(netns: Optional[str]) -> bool:
 
 
 def _nft_tables(netns: Optional[str]) -> list[tuple[str, str]]:
-    def list_tables() -> list[tuple[str, str]]:
-        import nftables  # type: ignore[import-untyped]  # noqa: PLC0415
+    """(family, name) of every nftables table in ``netns`` (none when libnftables is absent)."""
 
-        nft = nftables.Nftables()
-        nft.set_json_output(True)
-        rc, out, _err = nft.cmd("list tables")
-        if rc != 0:
-            return []
-        items = json.loads(out).get("nftables", [])
+    def list_tables() -> list[tuple[str, str]]:
+        command = {"nftables": [{"list": {"tables": None}}]}
+        listed = Context().json(command, ("nft", "-j", "list", "tables"))
+        items = listed.get("nftables", []) if isinstance(listed, dict) else []
         return [(i["table"]["family"], i["table"]["name"]) for i in items if "table" in i]
 
     try:
         return call_in_netns(netns, list_tables)
-    except (ImportError, OSError):
+    except LvsfwError:  # no libnftables, or no nf_tables in the kernel
         return []
 
 
@@ -52,7 +49,7 @@ def detect_firewall(netns: Optional[str] = None) -> str:
     """
     legacy = _legacy_mangle_in_use(netns)
     tables = [t for t in _nft_tables(netns) if t != OWN_NFT_TABLE]
-    nft_mangle = [t for t in tables if t[1] == "mangle"]
+    nft_mangle = [t for t in tables if t in {("ip", "mangle"), ("ip6", "mangle")}]  # iptables-nft
     if legacy and nft_mangle:
         raise ConflictError(
             "firewall='auto': both iptables-legacy and nftables (table "
