@@ -8,7 +8,7 @@ from typing import ClassVar
 from hypothesis import HealthCheck, given, settings
 
 from lvsfw import LvsfwError, registry, specify
-from lvsfw.backends.base import PacketFilter
+from lvsfw.backends.base import PacketFilter, ServiceBackend
 from lvsfw.model import Bundle
 from lvsfw.rules import normalize
 from tests import strategies
@@ -48,3 +48,29 @@ class PacketFilterContract:
         spec = specify([web])
         assert normalize(backend.parse(backend.render_spec(spec))) == normalize(spec.rules)
         assert "80" in backend.render([web])
+
+
+class ServiceBackendContract:
+    """The same for the IPVS-side backends (ipvs, keepalived): services round-trip exactly."""
+
+    backend_name: ClassVar[str]
+
+    def _backend(self) -> ServiceBackend:
+        backend = registry.get(self.backend_name)()
+        assert isinstance(backend, ServiceBackend)
+        return backend
+
+    @settings(suppress_health_check=[HealthCheck.differing_executors])
+    @given(strategies.bundles())
+    def test_render_parse_round_trip(self, bundles: list[Bundle]) -> None:
+        """Every (family, mark) service comes back with all its settings, nothing else."""
+        spec = specify(bundles)
+        backend = self._backend()
+        assert backend.parse(backend.render_spec(spec)) == spec.services
+
+    @settings(suppress_health_check=[HealthCheck.differing_executors])
+    @given(strategies.junk_text)
+    def test_parse_junk_raises_only_lvsfw_errors(self, text: str) -> None:
+        """Random text either parses or raises an LvsfwError; nothing else escapes."""
+        with contextlib.suppress(LvsfwError):
+            self._backend().parse(text)

@@ -22,6 +22,7 @@ from lvsfw.errors import BackendUnavailable, CommandFailed, ConflictError, Parse
 from lvsfw.model import Bundle
 from lvsfw.rules import FwmarkService, Specification, specify
 from tests import fake_ipvsadm, strategies
+from tests.contract import ServiceBackendContract
 
 SEED = Bundle(
     "web",
@@ -159,11 +160,8 @@ def test_round_trip_seed_equals_spec_exactly() -> None:
     assert Ipvs().parse(Ipvs().render_spec(spec)) == spec.services
 
 
-@given(strategies.bundles())
-def test_round_trip(bundles: list[Bundle]) -> None:
-    spec = specify(bundles)
-    backend = Ipvs()
-    assert backend.parse(backend.render_spec(spec)) == {canonical(s) for s in spec.services}
+class TestIpvsContract(ServiceBackendContract):
+    backend_name = "ipvs"
 
 
 @given(strategies.junk_text)

@@ -15,6 +15,7 @@ from lvsfw.errors import ParseError
 from lvsfw.model import Bundle
 from lvsfw.rules import FwmarkService, specify
 from tests import strategies
+from tests.contract import ServiceBackendContract
 
 SEED = Bundle(
     "web",
@@ -120,11 +121,8 @@ def test_every_scheduler(scheduler: Scheduler) -> None:
     assert Keepalived().parse(text) == spec_of(bundle)
 
 
-@given(strategies.bundles())
-def test_round_trip(bundles: list[Bundle]) -> None:
-    spec = specify(bundles)
-    backend = Keepalived()
-    assert backend.parse(backend.render_spec(spec)) == {canonical(s) for s in spec.services}
+class TestKeepalivedContract(ServiceBackendContract):
+    backend_name = "keepalived"
 
 
 @given(strategies.junk_text)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from lvsfw.backends.base import Backend
+from lvsfw.backends.base import ServiceBackend
 from lvsfw.backends.ipvs import canonical
 from lvsfw.enums import Family, Forwarding, Scheduler
 from lvsfw.errors import LvsfwError, ParseError
@@ -206,7 +206,7 @@ def parse_blocks(text: str) -> frozenset[FwmarkService]:
     return frozenset(found.values())
 
 
-class Keepalived(Backend):
+class Keepalived(ServiceBackend):
     """keepalived.conf ``virtual_server fwmark`` blocks for the IPVS half of bundles.
 
     ``delay_loop``, if given, is written into every block (checker polling, seconds).
