@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ipset
+from benchmarks import ipset, parse
 from benchmarks.apply import PACKET_FILTERS, run_apply
 from benchmarks.lab import ENV, Lab, exec_overhead, require_root
 from benchmarks.pps import run_pps
@@ -89,6 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-pps", action="store_true", help="skip packets per second")
     p.add_argument("--no-ipset", action="store_true", help="skip the ipset prototype")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory")
+    p.add_argument("--no-import", action="store_true", help="skip lvsfw import --rules")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     return p.parse_args(argv)
 
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> int:
             if not args.no_ipset:
                 flavours = [b.split("-")[1] for b in backends if b.startswith("iptables-")]
                 section["ipset"] = {f: ipset.measure(lab, f, bundles) for f in flavours}
+            if not args.no_import:
+                section["import"] = parse.time_import(count)
             results["sizes"][str(count)] = section
         big = max(sizes)
         if not args.no_pps:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.parse import line as parse_line
+
 Result = dict[str, Any]
 FIREWALLS = ("nftables", "iptables-nft", "iptables-legacy")
 
@@ -47,6 +49,10 @@ def table(results: Result) -> str:
                 f"{n:>6} {'ipset-' + flavour + '*':<16} {_ms(r['cold_s'])} {'':>9} {'':>8} {'':>9}"
                 f" {'':>8} {_ms(r['incremental_s'])} {'':>9} {'':>9} {_ms(r['save_s'])}"
             )
+    imports = {n: s["import"] for n, s in results["sizes"].items() if "import" in s}
+    if imports:
+        lines += ["", "lvsfw import --rules of lvsfw's own nft listing (fresh process)"]
+        lines += [parse_line(int(n), r) for n, r in imports.items()]
     pps = results.get("pps")
     if pps:
         lines += ["", f"packets/s marked at the director (median and best of {pps['runs']} runs)"]

@@ -24,6 +24,7 @@ line names the file, the line and the field. :func:`dumps` writes a config back 
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 import sys
@@ -36,6 +37,7 @@ import tomli_w
 from lvsfw.errors import ConflictError, LvsfwError, ParseError, ValidationError
 from lvsfw.model import Bundle, RealServer
 from lvsfw.rules import specify
+from lvsfw.textscan import comment
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,24 +117,31 @@ class Config:
 class _Lines:
     """Finds the line of a table or key, so errors can point at it (tomllib gives none)."""
 
-    _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?")
+    # no backtracking: "[" then anything but "]" up to the first "]" (a line of blanks after
+    # "[" made the old lazy pattern quadratic)
+    _HEADER = re.compile(r"\s*\[\[?([^\]\n]*)\]")
+    _NAME = re.compile(r"[A-Za-z0-9_.\"' -]+")
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
         self.tables: list[tuple[str, int]] = []  # (name, first line), only top-level tables
+        self._starts: dict[str, list[int]] = {}
         for number, line in enumerate(self.lines, 1):
             found = self._HEADER.match(line)
-            if found and not found[1].startswith("bundle."):
-                self.tables.append((found[1].strip("\"' "), number))
+            name = found[1].strip() if found else ""
+            if name and self._NAME.fullmatch(name) and not name.startswith("bundle."):
+                self.tables.append((name.strip("\"' "), number))
+                self._starts.setdefault(name.strip("\"' "), []).append(number)
+        self._all = [n for _, n in self.tables]
 
     def table(self, name: str, index: int = 0) -> tuple[int, int]:
         """First and last line of the ``index``-th table called ``name`` (1, 1 if none)."""
-        starts = [n for t, n in self.tables if t == name]
+        starts = self._starts.get(name, [])
         if index >= len(starts):
             return 1, len(self.lines) or 1
         start = starts[index]
-        after = [n for _, n in self.tables if n > start]
-        return start, (after[0] - 1 if after else len(self.lines))
+        after = bisect.bisect_right(self._all, start)
+        return start, (self._all[after] - 1 if after < len(self._all) else len(self.lines))
 
     def key(self, span: tuple[int, int], key: str, value: Optional[str] = None) -> int:
         """The line in ``span`` defining ``key`` (or quoting ``value``); the span's first."""
@@ -250,7 +259,20 @@ def _bundle(path: str, index: int, data: object, lines: _Lines) -> Bundle:
 
 
 def loads(text: str, path: str = "<string>") -> Config:
-    """Parse configuration ``text`` (``path`` is only used in messages)."""
+    """Parse configuration ``text`` (``path`` is only used in messages).
+
+    Every failure is a :class:`ConfigError` naming ``path``: a file nested too deeply for
+    the TOML parser (arrays or inline tables hundreds deep) included.
+    """
+    try:
+        return _loads(text, path)
+    except RecursionError:
+        raise ConfigError(
+            path, None, None, "arrays or tables nested too deeply (TOML parser recursion limit)"
+        ) from None
+
+
+def _loads(text: str, path: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -331,14 +353,15 @@ def dumps(
     director: Optional[DirectorSettings] = None,
     header: Sequence[str] = (),
 ) -> str:
-    """The TOML text of a configuration; ``header`` lines become leading comments."""
+    """The TOML text of a configuration; ``header`` lines become leading comments (control
+    characters in them escaped: a header can never add a line of live TOML)."""
     data: dict[str, object] = {}
     if director is not None:
         settings = {k: v for k, v in attrs.asdict(director).items() if v is not None}
         if settings:
             data["director"] = settings
     data["bundle"] = [bundle_data(b) for b in bundles]
-    comments = "".join(f"# {line}".rstrip() + "\n" for line in header)
+    comments = "".join(f"# {comment(line)}".rstrip() + "\n" for line in header)
     return comments + ("\n" if comments else "") + tomli_w.dumps(data)
 
 

@@ -9,7 +9,7 @@ kernel) and joins the two on the mark. Every mark no rule sets is named
 
 from __future__ import annotations
 
-import ipaddress
+import bisect
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -21,16 +21,28 @@ import tomli_w
 from lvsfw import config
 from lvsfw.backends.keepalived import parse_blocks
 from lvsfw.command import run
-from lvsfw.enums import Family, IPAddress, Protocol, Scheduler, address_key
+from lvsfw.enums import Family, IPAddress, address_key
 from lvsfw.errors import BackendUnavailable, CommandFailed, LvsfwError, ParseError
+from lvsfw.lvscf import NETWORKS, Source, parse_lvs_cf
 from lvsfw.markscan import FoundRule, Scan, scan
-from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService, parse_address
+from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService
 from lvsfw.netns import legacy_tables
 from lvsfw.ports import PortRange, merge_ranges
 from lvsfw.rules import specify
+from lvsfw.textscan import LineIndex, comment
 
-#: Piranha's ``network =`` values: one forwarding method for every real server.
-NETWORKS = {"nat": "masq", "direct": "route", "tunnel": "tunnel"}
+__all__ = [
+    "LIVE_DUMPS",
+    "NETWORKS",
+    "Imported",
+    "Source",
+    "detect_format",
+    "import_text",
+    "join",
+    "parse_keepalived",
+    "parse_lvs_cf",
+    "read_live",
+]
 #: Tools that print the live rules for ``--live``: (argv, whether xt rules show in nft too).
 LIVE_DUMPS = (
     ("nft", "list", "ruleset"),
@@ -39,25 +51,6 @@ LIVE_DUMPS = (
     ("iptables-nft-save", "-t", "mangle"),
     ("ip6tables-nft-save", "-t", "mangle"),
 )
-_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|[{}=]|[^\s{}="]+')
-
-
-@attrs.frozen
-class Source:
-    """One fwmark service as the imported file states it.
-
-    ``name`` the virtual server's name (lvs.cf) or None, ``vips``/``ports`` what the file
-    itself says about them (lvs.cf's ``address`` and ``port``; empty for keepalived),
-    ``where`` ``FILE:LINE``.
-    """
-
-    mark: int
-    family: Family
-    service: VirtualService
-    where: str
-    name: Optional[str] = None
-    vips: tuple[IPAddress, ...] = ()
-    ports: tuple[PortRange, ...] = ()
 
 
 @attrs.frozen
@@ -76,194 +69,57 @@ class Imported:
 
     def config_text(self, header: Sequence[str] = ()) -> str:
         """The lvsfw TOML config; marks left out follow as commented-out bundles."""
-        text = config.dumps(self.bundles, header=header)
+        parts = [config.dumps(self.bundles, header=header)]
         for note, stub in self.stubs:
             body = tomli_w.dumps({"bundle": [stub]})
-            text += f"\n# {note}\n# Fill in vips and ports, then uncomment:\n"
-            text += "".join(f"# {line}".rstrip() + "\n" for line in body.splitlines())
-        return text
-
-
-# -- Piranha lvs.cf --------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Node:
-    words: tuple[str, ...]
-    children: Optional[tuple[_Node, ...]]
-    line: int
-
-    def value(self) -> str:
-        words = self.words[2:] if self.words[1:2] == ("=",) else self.words[1:]
-        return " ".join(w[1:-1] if w.startswith('"') else w for w in words)
-
-
-def _lvs_tree(text: str, source: str) -> tuple[_Node, ...]:
-    tokens: list[tuple[str, int]] = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = re.sub(r'#(?=(?:[^"]*"[^"]*")*[^"]*$).*', "", raw)
-        tokens += [(t, number) for t in _TOKEN.findall(line)] + [("\n", number)]
-    stack: list[list[_Node]] = [[]]
-    heads: list[tuple[tuple[str, ...], int]] = []
-    words: list[str] = []
-    start = 0
-    for index, (piece, number) in enumerate(tokens):
-        ahead = next((t for t, _ in tokens[index + 1 :] if t != "\n"), "")
-        if piece == "\n" and ahead == "{":
-            continue  # "server NAME" with its "{" on the next line
-        if piece == "{":
-            heads.append((tuple(words), start or number))
-            stack.append([])
-            words = []
-        elif piece in {"}", "\n"}:
-            if words and not (piece == "\n" and words[-1:] == ["="]):
-                stack[-1].append(_Node(tuple(words), None, start))
-                words = []
-            if piece == "}":
-                if not heads:
-                    raise ParseError("lvs.cf", f"{source}:{number}", "'}' without '{'")
-                (head, opened), children = heads.pop(), stack.pop()
-                stack[-1].append(_Node(head, tuple(children), opened))
-        else:
-            start = number if not words else start
-            words.append(piece)
-    if heads:
-        raise ParseError("lvs.cf", f"{source}:{heads[-1][1]}", "a '{' block is not closed")
-    return tuple(stack[0])
-
-
-def _settings(node: _Node) -> dict[str, _Node]:
-    return {n.words[0]: n for n in node.children or () if n.children is None and n.words}
-
-
-def _lvs_int(node: _Node, source: str, low: int = 0) -> int:
-    text = (node.value().split() or [""])[0]
-    if not (text.isascii() and text.isdigit()) or int(text) < low:
-        raise ParseError("lvs.cf", f"{source}:{node.line}", f"{node.words[0]}: expected a number")
-    return int(text)
-
-
-def _lvs_server(node: _Node, forwarding: str, source: str) -> Optional[RealServer]:
-    items = _settings(node)
-    if "address" not in items:
-        raise ParseError("lvs.cf", f"{source}:{node.line}", "a server without 'address'")
-    if "active" in items and _lvs_int(items["active"], source) == 0:
-        return None
-    weight = _lvs_int(items["weight"], source) if "weight" in items else 1
-    return RealServer((items["address"].value().split() or [""])[0], weight, forwarding)
-
-
-def _lvs_virtual(node: _Node, forwarding: str, source: str, warn: list[str]) -> Optional[Source]:
-    items, where = _settings(node), f"{source}:{node.line}"
-    name = node.words[1] if len(node.words) > 1 else "virtual"
-    if "active" in items and _lvs_int(items["active"], source) == 0:
-        warn.append(f"{where}: virtual server {name!r} is inactive (active = 0); not imported")
-        return None
-    if "fwmark" not in items:
-        warn.append(
-            f"{where}: virtual server {name!r} has no fwmark; lvsfw manages fwmark "
-            "services only; not imported"
-        )
-        return None
-    vips = (
-        (parse_address("address", (items["address"].value().split() or [""])[0]),)
-        if "address" in items
-        else ()
-    )
-    family = Family.of(vips[0]) if vips else Family.IPV4
-    ports: tuple[PortRange, ...] = ()
-    if "port" in items:
-        protocol = items["protocol"].value() if "protocol" in items else "tcp"
-        port = _lvs_int(items["port"], source, 1)
-        ports = (PortRange(Protocol.parse(protocol, "protocol"), port, port),)
-    persistence = _lvs_int(items["persistent"], source) if "persistent" in items else 0
-    netmask, prefix = 32, 128
-    if "pmask" in items and persistence:
-        pmask = items["pmask"].value()
-        if family == Family.IPV6:
-            prefix = int(pmask.lstrip("/"))
-        else:
-            netmask = ipaddress.IPv4Network(f"0.0.0.0/{pmask}").prefixlen
-    scheduler = items["scheduler"].value() if "scheduler" in items else "wlc"
-    servers = []
-    for child in node.children or ():
-        if child.children is not None and child.words[:1] == ("server",):
-            server = _lvs_server(child, forwarding, source)
-            if server is None:
-                warn.append(
-                    f"{source}:{child.line}: server {' '.join(child.words[1:])!r} of "
-                    f"{name!r} is inactive (active = 0); not imported"
-                )
-            else:
-                servers.append(server)
-    service = VirtualService(
-        Scheduler.parse(scheduler, "scheduler"), persistence or None, netmask, prefix, servers
-    )
-    return Source(_lvs_int(items["fwmark"], source, 1), family, service, where, name, vips, ports)
-
-
-def parse_lvs_cf(text: str, source: str = "lvs.cf") -> tuple[list[Source], list[str]]:
-    """The fwmark virtual servers of a Piranha ``lvs.cf`` text, and warnings."""
-    warn: list[str] = []
-    nodes = _lvs_tree(text, source)
-    globals_ = {n.words[0]: n for n in nodes if n.children is None and n.words}
-    network = globals_["network"].value() if "network" in globals_ else ""
-    if network not in NETWORKS:
-        if network:
-            raise ParseError(
-                "lvs.cf",
-                f"{source}:{globals_['network'].line}",
-                f"network = {network!r}: expected nat, direct or tunnel",
-            )
-        warn.append(f"{source}: no 'network =' line; assuming nat (Piranha's default)")
-        network = "nat"
-    found = []
-    for node in nodes:
-        if node.children is not None and node.words[:1] == ("virtual",):
-            try:
-                item = _lvs_virtual(node, NETWORKS[network], source, warn)
-            except ParseError:
-                raise
-            except (LvsfwError, ValueError) as exc:
-                raise ParseError("lvs.cf", f"{source}:{node.line}", str(exc)) from None
-            if item is not None:
-                found.append(item)
-    return found, warn
+            parts.append(f"\n# {comment(note)}\n# Fill in vips and ports, then uncomment:\n")
+            parts += [f"# {comment(line)}".rstrip() + "\n" for line in body.splitlines()]
+        return "".join(parts)
 
 
 # -- keepalived.conf -------------------------------------------------------------------------
 
-_REAL_PORT = re.compile(r"^(\s*real_server\s+\S+\s+)(\d+)(?=\s*\{|\s*$)", re.M)
+# One line start each ([^\S\n]: blanks but newlines), so a run of blank lines is not re-read
+# from each of its lines: that made these searches quadratic.
+_REAL_PORT = re.compile(r"^([^\S\n]*real_server\s+\S+\s+)(\d+)(?=\s*\{|\s*$)", re.M)
+_NOT_IMPORTED = re.compile(
+    r"(?m)^[^\S\n]*(include|virtual_server_group|virtual_server\s+group)\s+(\S+)"
+)
+_HEAD = re.compile(r"(?m)^[ \t]*virtual_server[ \t]+(\S+)")
+_FWMARK_HEAD = re.compile(r"(?m)^[ \t]*virtual_server[ \t]+fwmark[ \t]+(\d+)\b")
 
 
 def parse_keepalived(text: str, source: str = "keepalived.conf") -> tuple[list[Source], list[str]]:
     """The ``virtual_server fwmark`` blocks of a keepalived.conf text, and warnings."""
+    source = comment(source)  # it starts every warning and ``where``: one line each
     warn: list[str] = []
-    for found in re.finditer(
-        r"(?m)^\s*(include|virtual_server_group|virtual_server\s+group)\s+(\S+)", text
-    ):
-        line = text[: found.start()].count("\n") + 1
+    lines = LineIndex(text)
+    for found in _NOT_IMPORTED.finditer(text):
         what = " ".join(found[0].split())
         warn.append(
-            f"{source}:{line}: '{what}' is not imported (import the file or the group's "
-            "fwmark services one by one)"
+            f"{source}:{lines.line(found.start(1))}: '{what}' is not imported (import the "
+            "file or the group's fwmark services one by one)"
         )
+    heads = [(found.start(), found[1]) for found in _HEAD.finditer(text)]
+    starts = [start for start, _ in heads]
 
     def portless(found: re.Match[str]) -> str:
-        heads = re.findall(r"(?m)^[ \t]*virtual_server[ \t]+(\S+)", text[: found.start()])
-        if found[2] != "0" and heads[-1:] == ["fwmark"]:
-            line = text[: found.start(2)].count("\n") + 1
+        before = bisect.bisect_left(starts, found.start())  # heads wholly before this line
+        if found[2] != "0" and before and heads[before - 1][1] == "fwmark":
             warn.append(
-                f"{source}:{line}: real server port {found[2]} dropped: real servers of "
-                "a fwmark service carry no port in lvsfw (the packet's port is kept)"
+                f"{source}:{lines.line(found.start(2))}: real server port {found[2]} dropped: "
+                "real servers of a fwmark service carry no port in lvsfw (the packet's port "
+                "is kept)"
             )
         return found[1] + "0"
 
     services = parse_blocks(_REAL_PORT.sub(portless, text))
+    first_line: dict[str, int] = {}
+    for found in _FWMARK_HEAD.finditer(text):
+        first_line.setdefault(found[1], lines.line(found.start()))
     result = []
     for service in sorted(services, key=lambda s: (s.mark, s.family)):
-        head = re.search(rf"(?m)^[ \t]*virtual_server[ \t]+fwmark[ \t]+{service.mark}\b", text)
-        line = text[: head.start()].count("\n") + 1 if head else 1
+        line = first_line.get(str(service.mark), 1)
         result.append(Source(service.mark, service.family, service.service, f"{source}:{line}"))
     return result, warn
 
@@ -305,14 +161,25 @@ def _safe_name(name: Optional[str], mark: int) -> str:
     return text if NAME_PATTERN.fullmatch(text) else f"mark{mark}"
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``name-2``, ``name-3``... whichever is not taken yet (then taken)."""
-    number, unique = 1, name
-    while unique in taken:
-        number += 1
-        unique = f"{name[: 27 - len(str(number))]}-{number}"
-    taken.add(unique)
-    return unique
+@attrs.define
+class _Names:
+    """Hands out bundle names: ``name``, else ``name-2``, ``name-3``... whichever is free.
+
+    The last number tried per base name is kept, so the n-th bundle of one name costs O(1)."""
+
+    taken: set[str] = attrs.Factory(set)
+    tried: dict[str, int] = attrs.Factory(dict)
+
+    def unique(self, name: str) -> str:
+        """A name not handed out before (then taken)."""
+        number = self.tried.get(name, 1)
+        unique = name if number == 1 else ""
+        while not unique or unique in self.taken:
+            number += 1
+            unique = f"{name[: 27 - len(str(number))]}-{number}"
+        self.tried[name] = number
+        self.taken.add(unique)
+        return unique
 
 
 def _one_service(sources: Sequence[Source]) -> VirtualService:
@@ -394,7 +261,7 @@ def join(
     bundles: list[Bundle] = []
     unmatched: list[str] = []
     stubs: list[tuple[str, dict[str, object]]] = []
-    taken: set[str] = set()
+    names = _Names()
     for mark, items in sorted(by_mark.items()):
         service = _one_service(items)
         base = _safe_name(next((i.name for i in items if i.name), None), mark)
@@ -421,12 +288,12 @@ def join(
             warn.append(note)
             stand_in = {Family.IPV4: "192.0.2.1", Family.IPV6: "2001:db8::1"}
             stand_ins = sorted({stand_in[i.family] for i in items})
-            stub_bundle = Bundle(_unique(base, taken), stand_ins, "tcp:1", mark, service=service)
+            stub_bundle = Bundle(names.unique(base), stand_ins, "tcp:1", mark, service=service)
             stub = config.bundle_data(stub_bundle)
             stubs.append((note, {**stub, "vips": [], "ports": ""}))
             continue
         for vips, ports in groups:
-            name = _unique(base, taken)
+            name = names.unique(base)
             bundles.append(
                 _bundle(name, vips, ports, mark=(mark, masks[-1]), service=service, warn=warn)
             )

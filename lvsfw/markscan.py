@@ -33,6 +33,8 @@ import attrs
 from lvsfw.backends.nftables import Nftables
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.errors import LvsfwError
+from lvsfw.rules import MarkRule
+from lvsfw.textscan import LineIndex, Statement, comment, nft_statements
 
 FULL = 0xFFFFFFFF
 _COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
@@ -47,6 +49,8 @@ _NFT_DADDR = re.compile(r"\bip6?\s+daddr\s+(!=\s*)?(\{[^}]*\}|@\S+|\S+)")
 _NFT_L4 = re.compile(r"\b(?:meta\s+l4proto|ip\s+protocol|ip6\s+nexthdr)\s+(\{[^}]*\}|\S+)")
 _NFT_DPORT = re.compile(r"\b(tcp|udp|sctp|th)\s+dport\s+(!=\s*)?(\{[^}]*\}|@\S+|\S+)")
 _NFT_COMMENT = re.compile(r'\bcomment\s+"([^"]*)"')
+_TABLE = re.compile(r"(?m)^[^\S\n]*(table)\s+(\S+)\s+(\S+)\s*\{")
+_BRACE = re.compile(r"[{}]")
 _XT = re.compile(r"\bxt\s+(?:match|target)\b|# xt_")
 #: lvsfw's own iptables chain: its sets' member comments are bundle names.
 _OWN_CHAIN = "LVSFW-PREROUTING"
@@ -270,9 +274,12 @@ def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = No
     """Mark rules in ``iptables-save`` output or ``iptables ... -j MARK`` shell lines, and the
     members of each ipset a ``-j SET ... --map-mark`` rule classifies through: ``add`` lines in
     ``text`` itself or in ``ipsets`` (``ipset save`` text, its source name)."""
+    source = comment(source)  # it starts every warning: one line each, whatever the name
     scan = Scan()
     classified: dict[str, tuple[str, bool]] = {}  # set -> (where, in lvsfw's chain)
     for number, raw in enumerate(text.splitlines(), 1):
+        if "j" not in raw:
+            continue  # no -j/--jump however quoted: not a rule with a target (cheap, exact)
         line = _COUNTERS.sub("", raw.strip())
         try:
             tokens = shlex.split(line, comments=True)
@@ -310,7 +317,7 @@ def _resolve(
     ipsets: Optional[tuple[str, str]],
 ) -> None:
     """Add to ``scan`` the members of each set a rule classifies through."""
-    for name, lines in (_members(*ipsets) if ipsets else {}).items():
+    for name, lines in (_members(ipsets[0], comment(ipsets[1])) if ipsets else {}).items():
         members.setdefault(name, []).extend(lines)
     for name, (where, own) in classified.items():
         if name not in members:
@@ -326,61 +333,10 @@ def _resolve(
 # -- nftables ------------------------------------------------------------------------------
 
 
-_CONTAINER = re.compile(r"^(table|chain|set|map|flowtable)\b")
-
-
-def _statements(text: str) -> Iterator[tuple[tuple[str, ...], int, str]]:
-    """(enclosing block headers, line, statement) of each nft statement in ``text``.
-
-    ``{`` after ``table``/``chain``/``set``/``map`` opens a block; any other ``{`` is an
-    anonymous set kept inside its statement (newlines in it become blanks).
-    """
-    path: list[str] = []
-    current: list[str] = []
-    line = start = 1
-    anon, quoted, comment = 0, False, False
-
-    def flush() -> Iterator[tuple[tuple[str, ...], int, str]]:
-        statement = " ".join("".join(current).split())
-        current.clear()
-        if statement:
-            yield tuple(path), start, statement
-
-    for char in text:
-        if char == "\n":
-            line, comment = line + 1, False
-        if comment:
-            continue
-        if not "".join(current).strip():
-            start = line
-        if quoted or char == '"':
-            quoted = quoted != (char == '"')
-            current.append(char)
-        elif char == "#":
-            comment = True
-        elif char == "{" and not anon and _CONTAINER.match("".join(current).strip()):
-            path.append(" ".join("".join(current).split()))
-            current.clear()
-        elif char == "{":
-            anon += 1
-            current.append(char)
-        elif char == "}" and anon:
-            anon -= 1
-            current.append(char)
-        elif char == "}":
-            yield from flush()
-            path = path[:-1]
-        elif char in ";\n" and not anon:
-            yield from flush()
-        else:
-            current.append(" " if char == "\n" else char)
-    yield from flush()
-
-
-def _sets(text: str) -> dict[tuple[str, str], list[str]]:
+def _sets(statements: list[Statement]) -> dict[tuple[str, str], list[str]]:
     """Named sets: (table header, set name) -> element texts."""
     found: dict[tuple[str, str], list[str]] = {}
-    for path, _, statement in _statements(text):
+    for path, _, statement in statements:
         if len(path) == 2 and path[1].startswith("set "):
             key = (path[0], path[1].split()[1])
             found.setdefault(key, [])
@@ -390,15 +346,21 @@ def _sets(text: str) -> dict[tuple[str, str], list[str]]:
     return found
 
 
-def _table_texts(text: str) -> Iterator[tuple[str, str]]:
-    """(``table FAMILY NAME`` header, body) of each top-level table block."""
-    for start in re.finditer(r"(?m)^\s*table\s+(\S+)\s+(\S+)\s*\{", text):
-        depth, index = 0, start.end() - 1
-        for index in range(start.end() - 1, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[index], 0)
+def _table_texts(text: str) -> Iterator[tuple[str, int, str]]:
+    """(``table FAMILY NAME`` header, line, body) of each top-level table block; a header
+    inside an earlier table's braces is not another table."""
+    lines = LineIndex(text)
+    end = 0
+    for start in _TABLE.finditer(text):
+        if start.start() < end:
+            continue
+        depth, end = 1, len(text)
+        for brace in _BRACE.finditer(text, start.end()):
+            depth += 1 if brace[0] == "{" else -1
             if depth == 0:
+                end = brace.start()
                 break
-        yield f"table {start[1]} {start[2]}", text[start.end() : index]
+        yield f"table {start[2]} {start[3]}", lines.line(start.start(1)), text[start.end() : end]
 
 
 def _set_items(text: str, table: str, sets: dict[tuple[str, str], list[str]]) -> list[str]:
@@ -446,15 +408,24 @@ def _nft_rule(
     return _rules((value, mask), vips, protocols, ranges, where=where, comment=text)
 
 
+def _rule_key(rule: MarkRule) -> tuple[str, int, int, str, int, int, int, int]:
+    """:class:`MarkRule`'s own order, as one flat tuple built once per rule."""
+    vip = rule.vip
+    return (rule.family.value, vip.version, int(vip), rule.protocol.value, rule.first_port,
+            rule.last_port, rule.mark, rule.mask)  # fmt: skip
+
+
 def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
     """Mark rules in ``nft list ruleset`` output, lvsfw's own ``inet lvsfw`` table included.
 
     ``quiet_xt``: rules using iptables extensions (``xt match``) are skipped without a warning
     (their ``iptables-nft-save`` form is scanned too).
     """
+    source = comment(source)
     scan = Scan()
-    sets = _sets(text)
-    for path, number, statement in _statements(text):
+    statements = list(nft_statements(text))
+    sets = _sets(statements)
+    for path, number, statement in statements:
         table = path[0] if path else ""
         if table.split()[1:] == ["inet", "lvsfw"]:
             continue
@@ -474,15 +445,14 @@ def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
             scan.rules += _nft_rule(statement, table, sets, where)
         except _Skip as exc:
             scan.warnings.append(f"{where}: mark rule not imported: {exc}: {statement}")
-    for header, body in _table_texts(text):
+    for header, line, body in _table_texts(text):
         if header.split()[1:] == ["inet", "lvsfw"]:
-            line = text[: text.find(header)].count("\n") + 1
             own = Nftables().parse(f"{header} {{{body}}}\n")
             scan.rules += [
                 FoundRule(
                     r.mark, r.mask, r.vip, r.protocol, r.first_port, r.last_port, f"{source}:{line}"
                 )
-                for r in sorted(own)
+                for r in sorted(own, key=_rule_key)  # not attrs' order: O(n log n) tuples
             ]
     return scan
 

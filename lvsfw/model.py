@@ -129,6 +129,18 @@ class RealServer:
     upper_threshold: int = attrs.field(default=0, validator=_threshold)
     lower_threshold: int = attrs.field(default=0, validator=_threshold)
 
+    @lower_threshold.validator
+    def _lower(self, attribute: attrs.Attribute[int], value: int) -> None:
+        # the kernel refuses l_threshold > u_threshold (ERANGE); 0 upper means "none"
+        if value > self.upper_threshold:
+            raise ValidationError(
+                "lower_threshold",
+                value,
+                f"at most upper_threshold ({self.upper_threshold})"
+                if self.upper_threshold
+                else "0 (none) when there is no upper_threshold",
+            )
+
     @property
     def family(self) -> Family:
         """The real server's address family."""
@@ -140,9 +152,13 @@ class RealServer:
         if isinstance(value, RealServer):
             return value
         if isinstance(value, dict):
-            unknown = set(value) - {a.name for a in attrs.fields(cls)}
+            known = {a.name for a in attrs.fields(cls)}
+            unknown = [k for k in value if not isinstance(k, str) or k not in known]
             if unknown:
-                raise ValidationError("real server", value, f"no unknown keys {sorted(unknown)}")
+                names = ", ".join(sorted(repr(k) for k in unknown))
+                raise ValidationError(
+                    "real server", value, f"only the keys {sorted(known)}; unknown: {names}"
+                )
             if "address" not in value:
                 raise ValidationError("real server", value, "an 'address' key")
             return cls(**value)

@@ -36,14 +36,19 @@ def masked_marks(draw: st.DrawFn) -> FirewallMark:
 
 
 def real_servers(family: int) -> st.SearchStrategy[RealServer]:
-    """Real servers of one address family with random settings."""
+    """Real servers of one address family with random settings (a lower threshold is never
+    above the upper one: the kernel refuses that, and so does RealServer)."""
+    thresholds = st.integers(0, 2**31 - 1).flatmap(
+        lambda upper: st.tuples(st.just(upper), st.integers(0, upper))
+    )
     return st.builds(
-        RealServer,
+        lambda address, weight, forwarding, limits: RealServer(
+            address, weight, forwarding, upper_threshold=limits[0], lower_threshold=limits[1]
+        ),
         ipv4 if family == 4 else ipv6,
         weight=st.integers(0, 65535),
         forwarding=st.sampled_from(list(Forwarding)),
-        upper_threshold=st.integers(0, 2**31 - 1),
-        lower_threshold=st.integers(0, 2**31 - 1),
+        limits=thresholds,
     )
 
 

@@ -108,13 +108,15 @@ def test_thresholds_only_when_set() -> None:
         5,
         real_servers=[
             {"address": "10.0.0.1", "upper_threshold": 100, "lower_threshold": 10},
-            {"address": "10.0.0.2", "lower_threshold": 3},
+            {"address": "10.0.0.2", "upper_threshold": 3},
+            {"address": "10.0.0.3"},
         ],
     )
     assert render(bundle) == (
         "-A -f 5 -s wlc\n"
         "-a -f 5 -r 10.0.0.1:0 -g -w 1 -x 100 -y 10\n"
-        "-a -f 5 -r 10.0.0.2:0 -g -w 1 -y 3\n"
+        "-a -f 5 -r 10.0.0.2:0 -g -w 1 -x 3\n"
+        "-a -f 5 -r 10.0.0.3:0 -g -w 1\n"
     )
     assert Ipvs().parse(render(bundle)) == spec_of(bundle)
 

@@ -102,13 +102,18 @@ def test_mixed_forwarding_uses_per_server_lvs_method() -> None:
         real_servers=[
             {"address": "10.0.0.1", "forwarding": "tunnel"},
             {"address": "10.0.0.2", "forwarding": "tunnel", "upper_threshold": 50},
-            {"address": "10.0.0.3", "forwarding": "masq", "lower_threshold": 4},
+            {
+                "address": "10.0.0.3",
+                "forwarding": "masq",
+                "upper_threshold": 8,
+                "lower_threshold": 4,
+            },
         ],
     )
     text = Keepalived().render([bundle])
     assert "    lb_kind TUN\n" in text
     assert text.count("lvs_method") == 1
-    assert "        lvs_method NAT\n        lthreshold 4\n" in text
+    assert "        lvs_method NAT\n        uthreshold 8\n        lthreshold 4\n" in text
     assert "        uthreshold 50\n" in text
     assert Keepalived().parse(text) == spec_of(bundle)
 
