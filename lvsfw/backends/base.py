@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import attrs
 
@@ -55,7 +55,31 @@ class Backend(abc.ABC):
 
 
 class PacketFilter(Backend):
-    """A backend that marks packets: parses its own text back and drives a live kernel."""
+    """A backend that marks packets: parses its own text back and drives a live kernel.
+
+    Kernel objects lvsfw creates besides its rules are named by ownership identifiers:
+    ``"ipset:NAME"`` for a set, ``"table:ip mangle"``/``"table:ip6 mangle"`` for an nf_tables
+    table lvsfw created. :attr:`owned` is what the state file records; :meth:`creates` what a
+    change may create (recorded as pending before it is sent); :meth:`objects` which of lvsfw's
+    objects exist (recorded after a commit).
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        super().__init__(netns)
+        #: The ownership identifiers the state file records (set by the Director before any
+        #: call). None: no record (a state file from before ownership was recorded); a backend
+        #: then owns only what has lvsfw's exact structure.
+        self.owned: Optional[frozenset[str]] = None
+
+    def objects(self, live: Any = None) -> frozenset[str]:
+        """The identifiers of lvsfw's own objects that exist in ``live`` (a live state this
+        backend read; None: read now). The default: none (nothing to record)."""
+        return frozenset()
+
+    def creates(self, change: Any) -> frozenset[str]:
+        """The identifiers of the objects ``change`` (from ``transaction(spec, live)``) may
+        create, to record as pending before it is sent. The default: none."""
+        return frozenset()
 
     @abc.abstractmethod
     def parse(self, text: str) -> frozenset[MarkRule]:

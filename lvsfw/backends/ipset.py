@@ -39,6 +39,10 @@ TEMP_SUFFIX = "-new"
 #: Below this many changed members a change is always ``del``/``add``, never a reload.
 INCREMENTAL_MIN = 64
 _FULL = 0xFFFFFFFF
+#: Header words (``ipset save``'s create line) of extensions lvsfw never creates.
+_EXTENSIONS = frozenset({"timeout", "counters", "forceadd", "netmask", "bitmask", "markmask"})
+#: Header options that size a set, whatever made it (left out of a description).
+_SIZES = frozenset({"hashsize", "maxelem", "bucketsize", "initval"})
 _PROTOCOLS = {p.value: p for p in Protocol}
 #: What ``ipset save`` prints for a member lvsfw wrote (the fast path of parsing).
 _MEMBER = re.compile(
@@ -123,6 +127,34 @@ class SetState:
         if not {"skbinfo", "comment"} <= set(self.header):
             return "lacks the skbinfo or comment extension"
         return None
+
+    def alien(self, family: Family) -> Optional[str]:
+        """Why lvsfw cannot have created this set as its set of ``family`` (None: it may have):
+        another type or family, an extension missing, or one lvsfw never creates."""
+        extra = sorted(_EXTENSIONS & set(self.header))
+        if self.problem(family) is None and not extra:
+            return None
+        return (
+            f"is {self.describe()}, not lvsfw's {SET_TYPE} family {FAMILIES[family]}"
+            " comment skbinfo"
+        )
+
+    def describe(self) -> str:
+        """The set's type, family and extensions, as ``ipset save`` prints them (no sizes)."""
+        words, kept = list(self.header), []
+        while words:
+            word = words.pop(0)
+            if word in _SIZES and words:
+                words.pop(0)
+            else:
+                kept.append(word)
+        count = len(self.members) + len(self.unknown)
+        text = " ".join(kept) or "a set ipset cannot list"
+        return f"{text} with {count} member{'' if count == 1 else 's'}"
+
+    def swappable(self, family: Family) -> bool:
+        """Whether ``ipset swap`` accepts this set and a new lvsfw set of ``family``."""
+        return self.header[:1] == (SET_TYPE,) and self._option("family") == FAMILIES[family]
 
     def room(self) -> int:
         """How many members the set may hold (``maxelem``)."""
@@ -232,9 +264,11 @@ def load_lines(
 
     ``del``/``add`` of the difference when the live set is usable and the change is small;
     otherwise a whole load into ``NAME-new``, swapped in (or renamed, when there is no set
-    yet) and destroyed. ``existing``: every set name in the namespace.
+    yet or it is of a type swap refuses: it is destroyed first) and destroyed. ``live`` must
+    be lvsfw's own set: the caller refuses foreign ones. ``existing``: every set name in the
+    namespace.
     """
-    usable = live is not None and live.problem(family) is None and not live.unknown
+    usable = live is not None and live.alien(family) is None and not live.unknown
     if live is not None and usable and live.room() >= len(wanted):
         dels = [f"del {name} {member_text(k)}" for k in live.members if k not in wanted]
         adds = [add_line(name, k, v) for k, v in wanted.items() if live.members.get(k) != v]
@@ -243,8 +277,10 @@ def load_lines(
     temp = name + TEMP_SUFFIX
     lines = [f"destroy {temp}"] if temp in existing else []
     lines += render_lines(temp, family, wanted)
-    if name in existing:
+    if name in existing and (live is None or live.swappable(family)):
         return [*lines, f"swap {temp} {name}", f"destroy {temp}"]
+    if name in existing:  # lvsfw's (recorded) but of another type: swap would refuse it
+        lines.append(f"destroy {name}")
     return [*lines, f"rename {temp} {name}"]
 
 

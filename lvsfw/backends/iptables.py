@@ -14,6 +14,7 @@ changed family (atomic per table: the kernel takes the whole transaction or none
 one ``ipset restore`` after them (sets destroyed once no rule names them). A chain changes by
 ``-D``/``-I`` of the changed lines only; a set by ``del``/``add`` of the changed members, or,
 for large changes, a whole copy swapped in. Nothing is written when nothing changed.
+A set on lvsfw's name it did not create is foreign (:mod:`.iptowner`): never destroyed.
 
 Every method that reads takes ``live=`` (a :class:`Live` from :meth:`Iptables.live`) to use
 instead; the Director reads once per plan, apply and verify through ``observe``,
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import time
 from typing import ClassVar, Optional
 
 import attrs
 
-from lvsfw.backends import ipset
+from lvsfw.backends import ipset, iptowner
 from lvsfw.backends.base import Finding, PacketFilter
+from lvsfw.backends.iptowner import Change, Live, Writes, set_id, table_id
 from lvsfw.backends.iptsyntax import (
     CHAIN,
     JUMP,
@@ -45,9 +46,10 @@ from lvsfw.backends.iptsyntax import (
     rule_lines,
     set_rule,
 )
+from lvsfw.backends.remarks import native_overrides, xt_overrides
 from lvsfw.command import run
 from lvsfw.enums import Family, Protocol
-from lvsfw.errors import BackendUnavailable, CommandFailed
+from lvsfw.errors import BackendUnavailable
 from lvsfw.rules import MarkRule, Specification
 
 INSTALL_HINT = "apt-get install iptables"
@@ -55,60 +57,6 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HEADERS = {Family.IPV4: "# iptables", Family.IPV6: "# ip6tables"}
 _SKIPPING = frozenset({"ACCEPT", "DROP", "RETURN"})
 _MARKING = frozenset({"MARK", "CONNMARK"})
-#: Attempts and pause for destroying a set whose last rule was just deleted (nf_tables drops
-#: its references to the set after the commit, asynchronously).
-_DESTROY_TRIES, _DESTROY_PAUSE = 20, 0.05
-#: An apply's writes: ``ipset restore`` lines first, restore text per family, lines last.
-Writes = tuple[list[str], dict[Family, str], list[str]]
-
-
-@attrs.frozen
-class Live:
-    """lvsfw's live state, read once: ``chains`` per family, the owned ``sets`` found,
-    ``names``: every set name in the namespace (only owned ones are ever read or written), and
-    ``set_names``: the backend's own set per family."""
-
-    chains: dict[Family, LiveState]
-    sets: dict[str, ipset.SetState]
-    names: frozenset[str]
-    set_names: dict[Family, str]
-
-    def problems(self, family: Family) -> list[str]:
-        """Own lines and set members lvsfw does not understand, and foreign set rules."""
-        chain, name = self.chains[family], self.set_names[family]
-        found = [*chain.unknown, *(set_rule(n) for n in chain.sets if n != name)]
-        found += [return_rule(n) for n in chain.returns if n != name]
-        if name in chain.sets and name in self.sets:
-            found += self.sets[name].unknown
-        return found
-
-    def owners(self, family: Family) -> dict[MarkRule, str]:
-        """The own rules of ``family`` lvsfw understands, with their bundle names. What it
-        does not understand is in :meth:`problems`: drift to report and repair, not a crash."""
-        owners: dict[MarkRule, str] = {}
-        for rules, comment in self.chains[family].entries:
-            owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
-        name = self.set_names[family]
-        if name in self.chains[family].sets and name in self.sets:
-            for (vip, proto, port), (mark, mask, owner) in self.sets[name].members.items():
-                owners[MarkRule(family, vip, proto, port, port, mark, mask)] = owner
-        return owners
-
-    @property
-    def rules(self) -> frozenset[MarkRule]:
-        """The mark rules in force: own chains' rules and their sets' members."""
-        return frozenset(r for family in Family for r in self.owners(family))
-
-
-@attrs.frozen
-class Change:
-    """An apply planned against ``live`` (:meth:`Iptables.transaction`): ``spec`` is what it
-    loads, ``writes`` how, ``before`` the own rules ``live`` held (what its undo loads back)."""
-
-    spec: Specification
-    live: Live
-    writes: Writes
-    before: Specification
 
 
 def _finding(detail: str, words: list[str]) -> Finding:
@@ -134,6 +82,15 @@ class Iptables(PacketFilter):
     binaries: ClassVar[dict[Family, tuple[str, str]]]
     #: Per family: the name of lvsfw's set (distinct per flavour: both may hold rules).
     set_names: ClassVar[dict[Family, str]]
+    #: Whether the tables live in nf_tables (whose mangle table lvsfw may create and delete).
+    nf_tables: ClassVar[bool] = False
+
+    def __init__(self, netns: Optional[str] = None) -> None:
+        super().__init__(netns)
+        #: Identifiers of the objects this backend itself wrote (counted as recorded).
+        self._made: set[str] = set()
+        #: :meth:`objects` as this backend's last write left them (None: read to know).
+        self._left: Optional[frozenset[str]] = None
 
     @classmethod
     def available(cls) -> None:
@@ -218,16 +175,24 @@ class Iptables(PacketFilter):
         """Every set name in the namespace (``ipset list -n``)."""
         return frozenset(self._run(["ipset", "list", "-n"]).split())
 
+    def _recorded(self, identifier: str) -> bool:
+        """Whether the state file records ``identifier`` or this backend wrote it."""
+        return identifier in self._made or (self.owned is not None and identifier in self.owned)
+
     def live(self) -> Live:
-        """Read lvsfw's live state once (two saves, two ipset calls at most); every method
-        taking ``live=`` uses it instead of reading again."""
+        """Read lvsfw's live state once (two saves, two ipset calls at most, one listing of
+        the nf_tables tables for iptables-nft); every method taking ``live=`` uses it instead
+        of reading again. Sets with lvsfw's names are classified as its own or foreign."""
+        self._left = None
         chains = {family: self.state(family) for family in Family}
         names = self.set_list()
-        owned = [n for n in self.set_names.values() if n in names]
-        listing = "".join(f"list {n} -o save\n" for n in owned)
-        text = self._run(["ipset", "restore"], stdin=listing) if owned else ""
-        sets = ipset.parse_sets(text.splitlines(), owned, strict=False)
-        return Live(chains, sets, names, dict(self.set_names))
+        present = [n for n in iptowner.set_names_of(self.set_names) if n in names]
+        listing = "".join(f"list {n} -o save\n" for n in present)
+        text = self._run(["ipset", "restore"], stdin=listing) if present else ""
+        sets = ipset.parse_sets(text.splitlines(), present, strict=False)
+        mine, foreign = iptowner.classify(self.set_names, names, sets, self._recorded)
+        tables = iptowner.mangle_tables(self.netns) if self.nf_tables else None
+        return Live(chains, sets, names, dict(self.set_names), mine, foreign, tables)
 
     def _ipset(self, lines: list[str]) -> str:
         return self._run(["ipset", "-exist", "restore"], stdin="".join(f"{x}\n" for x in lines))
@@ -255,9 +220,12 @@ class Iptables(PacketFilter):
 
         The set rule is tested only where its set exists already: the tool resolves set names
         while parsing. Set contents come from validated bundles; the kernel's word on them
-        comes with the apply, which undoes nothing it did not do.
+        comes with the apply, which undoes nothing it did not do. A foreign set with one of
+        lvsfw's names raises :class:`ConflictError` first.
         """
-        names = live.names if live is not None else self.set_list()
+        live = live if live is not None else self.live()
+        iptowner.refuse(live, spec)
+        names = live.names
         for family in Family:
             members = ipset.wanted_members(spec, family)
             with_set = bool(members) and self.set_names[family] in names
@@ -266,8 +234,7 @@ class Iptables(PacketFilter):
                 text = restore_text([f":{CHAIN} - [0:0]", *lines, f"-A PREROUTING {JUMP}"])
                 self._restore(family, text, test=True)
             else:
-                chain = live.chains[family] if live is not None else self.state(family)
-                removal = self._removal(chain)
+                removal = self._removal(live.chains[family])
                 if removal is not None:
                     self._restore(family, removal, test=True)
 
@@ -302,8 +269,11 @@ class Iptables(PacketFilter):
     def _writes(self, spec: Specification, live: Live) -> Writes:
         """What makes the own sets and chains equal ``spec`` from ``live``: the ``ipset
         restore`` lines before the chains, each changed family's restore text, and the lines
-        destroying the sets no rule names any more (all empty: nothing to write)."""
-        temps = {n + ipset.TEMP_SUFFIX for n in self.set_names.values()} & live.names
+        destroying the sets no rule names any more (all empty: nothing to write). Only sets
+        of :attr:`Live.mine` are destroyed; a foreign one raises :class:`ConflictError` for a
+        ``spec`` with rules (:func:`iptowner.refuse`), and is left alone for an empty one."""
+        iptowner.refuse(live, spec)
+        temps = {n + ipset.TEMP_SUFFIX for n in self.set_names.values()} & live.mine
         before = [f"destroy {n}" for n in sorted(temps)]
         after: list[str] = []
         for family, name in self.set_names.items():
@@ -311,37 +281,51 @@ class Iptables(PacketFilter):
             if members:
                 existing = live.names - temps
                 before += ipset.load_lines(name, family, members, live.sets.get(name), existing)
-            elif name in live.names:
+            elif name in live.mine:
                 after.append(f"destroy {name}")
         plans = {family: self._chain_plan(spec, family, live) for family in Family}
         chains = {family: text for family, text in plans.items() if text is not None}
         return before, chains, after
 
-    def _write(self, writes: Writes) -> None:
+    def creates(self, change: Change) -> frozenset[str]:
+        """Every set ``change`` may create (scratch copies included) and, for iptables-nft,
+        each mangle table its restores create because it does not exist yet."""
+        return iptowner.creates(change.spec, change.live, change.writes)
+
+    def objects(self, live: Optional[Live] = None) -> frozenset[str]:
+        """lvsfw's own sets in ``live``, and the recorded mangle tables still present. None:
+        as this backend's last write left them (no read), or read now if it read since."""
+        if live is None and self._left is not None:
+            return self._left
+        live = live or self.live()
+        return frozenset(set_id(n) for n in live.mine) | {
+            table_id(f) for f in iptowner.tables_of(live) if self._recorded(table_id(f))
+        }
+
+    def _write(self, spec: Specification, live: Live, writes: Writes) -> None:
+        """Send ``writes`` (loading ``spec``, planned on ``live``). The scratch sets and
+        tables they may create count as this backend's first (the undo of a write failing
+        half-way may clean them); its main sets have lvsfw's structure, which is enough."""
+        made = iptowner.creates(spec, live, writes)
+        self._made |= {i for i in made if i.startswith("table:") or i.endswith(ipset.TEMP_SUFFIX)}
+        self._left = None
         before, chains, after = writes
         if before:
             self._ipset(before)
+            self._made -= {set_id(n + ipset.TEMP_SUFFIX) for n in self.set_names.values()}
         for family, text in chains.items():
             self._restore(family, text)
-        if after:
-            self._destroy(after)
+        iptowner.destroy_sets(self._ipset, after)
+        self._left = iptowner.left(spec, live, writes, self._recorded)
+        self._made = set(self._left)  # what is gone is no longer this backend's
 
     def apply(self, spec: Specification, live: Optional[Live] = None) -> None:
         """Make the own sets and chains equal ``spec`` from one read (``live``, else read
-        now): sets first, then one restore per changed family, then unused sets destroyed."""
-        self._write(self._writes(spec, live or self.live()))
-
-    def _destroy(self, lines: list[str]) -> None:
-        """``ipset destroy`` of sets just released by the chains; nf_tables drops a deleted
-        rule's set reference shortly after its commit, so a busy set is tried again."""
-        for attempt in range(_DESTROY_TRIES):
-            try:
-                self._ipset(lines)
-                return
-            except CommandFailed as exc:
-                if "in use" not in exc.stderr or attempt == _DESTROY_TRIES - 1:
-                    raise
-                time.sleep(_DESTROY_PAUSE)
+        now): sets first, then one restore per changed family, then unused sets destroyed.
+        A foreign set with one of lvsfw's names raises :class:`ConflictError` before any
+        write (for an empty ``spec`` it is left alone)."""
+        live = live or self.live()
+        self._write(spec, live, self._writes(spec, live))
 
     @staticmethod
     def _removal(live: LiveState) -> Optional[str]:
@@ -353,22 +337,31 @@ class Iptables(PacketFilter):
         return restore_text(lines)
 
     def remove(self, live: Optional[Live] = None) -> None:
-        """Delete the jump, flush and delete the own chain, per family, then the own sets;
-        no-op when absent."""
+        """Delete the jump, flush and delete the own chain, per family, then the own sets
+        (:attr:`Live.mine`: a foreign set with lvsfw's name is skipped), then each recorded
+        nf_tables mangle table left empty; no-op when absent."""
         live = live or self.live()
+        self._left = None
         for family in Family:
             text = self._removal(live.chains[family])
             if text is not None:
                 self._restore(family, text)
-        owned = {n for name in self.set_names.values() for n in (name, name + ipset.TEMP_SUFFIX)}
-        if owned & live.names:
-            self._destroy([f"destroy {n}" for n in sorted(owned & live.names)])
+        iptowner.destroy_sets(self._ipset, [f"destroy {n}" for n in sorted(live.mine)])
+        self._made -= {set_id(n) for n in live.mine}
+        for family in iptowner.tables_of(live):
+            if self._recorded(table_id(family)) and iptowner.drop_mangle(self.netns, family):
+                self._made.discard(table_id(family))
 
     # -- structure -------------------------------------------------------------------------
 
-    def findings(self, spec: Specification, live: Optional[Live] = None) -> list[Finding]:
+    def findings(
+        self, spec: Specification, live: Optional[Live] = None, native: Optional[bool] = None
+    ) -> list[Finding]:
         """Own chain, jump or set missing or damaged, unknown own rules, foreign rules
-        skipping or overriding."""
+        skipping or overriding (through the chains they jump to, too); ``native``: also
+        native nf_tables prerouting chains re-marking after mangle (one more listing; default:
+        only when ``live`` is not given, so an apply's read costs nothing more)."""
+        native = live is None if native is None else native
         live = live or self.live()
         everywhere: list[Finding] = []
         for family in sorted({r.family for r in spec.rules}, key=lambda f: f.value):
@@ -387,6 +380,8 @@ class Iptables(PacketFilter):
                 found += self._set_findings(live, family, where)
             found += self._overrides(chain, where)
             everywhere += [attrs.evolve(f, family=family) for f in found]
+        if native and spec.rules:
+            everywhere += native_overrides(self.netns)
         return everywhere
 
     def _set_findings(self, live: Live, family: Family, where: str) -> list[Finding]:
@@ -402,18 +397,14 @@ class Iptables(PacketFilter):
 
     @staticmethod
     def _overrides(chain: LiveState, where: str) -> list[Finding]:
-        found = []
+        """Foreign mangle rules (in PREROUTING or the chains it jumps to) skipping lvsfw's
+        jump or re-marking after it (:func:`lvsfw.backends.remarks.xt_overrides`)."""
         before = chain.foreign_before_jump
         after = chain.prerouting[len(before) + 1 :] if chain.jump_present else ()
-        for line, targets, what in (
-            *((x, _SKIPPING, "before lvsfw's jump skips") for x in before),
-            *((x, _MARKING, "after lvsfw's jump overrides") for x in after),
-        ):
-            words = line.split()
-            target = words[words.index("-j") + 1] if "-j" in words[:-1] else ""
-            if target in targets:
-                found.append(_finding(f"foreign rule {what} its marks: {line}", words))
-        return found
+        return [
+            _finding(detail, words)
+            for detail, words in xt_overrides(before, after, chain.others, CHAIN)
+        ]
 
     # -- one read per apply (the Director's optional Transactional interface) -----------
 
@@ -431,7 +422,7 @@ class Iptables(PacketFilter):
     def inspect(self, spec: Specification) -> tuple[Live, list[Finding]]:
         """One full read for drift: the live state and its findings."""
         live = self.live()
-        return live, self.findings(spec, live)
+        return live, self.findings(spec, live, native=True)
 
     def transaction(self, spec: Specification, live: Live) -> Optional[Change]:
         """The apply of ``spec`` planned against ``live`` (None: nothing to write)."""
@@ -448,7 +439,7 @@ class Iptables(PacketFilter):
         if undo:
             self.apply(change.before)
         else:
-            self._write(change.writes)
+            self._write(change.spec, change.live, change.writes)
 
     def boot_files(self, spec: Specification) -> dict[str, str]:
         """``lvsfw.ipset`` (``ipset restore -exist`` input, to load first) and
@@ -481,6 +472,7 @@ class IptablesNft(Iptables):
         Family.IPV6: ("ip6tables-nft-restore", "ip6tables-nft-save"),
     }
     set_names: ClassVar[dict[Family, str]] = {Family.IPV4: "lvsfw4-nft", Family.IPV6: "lvsfw6-nft"}
+    nf_tables: ClassVar[bool] = True
 
 
 __all__ = [

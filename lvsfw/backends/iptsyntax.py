@@ -169,7 +169,8 @@ class LiveState:
     ``PREROUTING`` rule in order (``-A PREROUTING ...`` lines, lvsfw's jumps included);
     ``sets`` the sets the chain's :func:`set_rule` lines name, in order, ``returns`` those its
     :func:`return_rule` lines name; ``lines`` every
-    own-chain line in order, as printed (``-A CHAIN ...``).
+    own-chain line in order, as printed (``-A CHAIN ...``); ``others`` every other mangle
+    ``-A`` line (foreign chains: what a foreign jump from ``PREROUTING`` may run), in order.
     """
 
     rules: frozenset[MarkRule] = frozenset()
@@ -181,6 +182,7 @@ class LiveState:
     sets: tuple[str, ...] = ()
     returns: tuple[str, ...] = ()
     lines: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
 
     @property
     def jump_present(self) -> bool:
@@ -324,6 +326,7 @@ def parse_state(text: str, strict: bool = True, outside: Optional[list[str]] = N
     sets: list[str] = []
     returning: list[str] = []
     lines: list[str] = []
+    others: list[str] = []
     chain_present = False
     for line, words in _mangle_lines(text, outside):
         if words[0].startswith(":"):
@@ -346,6 +349,8 @@ def parse_state(text: str, strict: bool = True, outside: Optional[list[str]] = N
                 unknown.append(line)
         elif words[:2] == ["-A", "PREROUTING"]:
             prerouting.append(line)
+        elif words[0] == "-A" and len(words) > 1:
+            others.append(line)
     return LiveState(
         rules=frozenset(r for rules, _ in entries for r in rules),
         entries=tuple(entries),
@@ -356,4 +361,5 @@ def parse_state(text: str, strict: bool = True, outside: Optional[list[str]] = N
         sets=tuple(sets),
         returns=tuple(returning),
         lines=tuple(lines),
+        others=tuple(others),
     )

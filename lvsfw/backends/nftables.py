@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
@@ -57,6 +56,7 @@ from lvsfw.backends.nftsyntax import (
     parse_text,
     sorted_elements,
 )
+from lvsfw.backends.remarks import Words, command, nft_overrides
 from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.netns import call_in_netns
 from lvsfw.rules import MarkRule, Specification
@@ -89,40 +89,6 @@ class Context:
         lib = ctypes.CDLL("libnftables.so.1")
         lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         lib.nft_ctx_set_dry_run(ctx, dry)
-
-
-MANGLE_PRIORITY = -150
-
-
-def _mark_setter(expr: object) -> bool:
-    """Whether a rule's JSON expressions set ``meta mark`` (directly or in nested objects)."""
-    text = json.dumps(expr)
-    return '"mangle": {"key": {"meta": {"key": "mark"}}' in text
-
-
-def foreign_overrides_candidates(items: list[Any]) -> list[Json]:
-    """The foreign prerouting base chains at priority >= mangle among listed ``items``."""
-    late = []
-    for item in items:
-        chain = item.get("chain") if isinstance(item, dict) else None
-        if not chain or (chain.get("family"), chain.get("table")) == (FAMILY, TABLE):
-            continue
-        if chain.get("hook") == "prerouting" and int(chain.get("prio", 0)) >= MANGLE_PRIORITY:
-            late.append(chain)
-    return late
-
-
-def foreign_overrides(items: list[Any]) -> list[Finding]:
-    """Foreign prerouting base chains at priority >= mangle whose rules set the mark."""
-    late = {(c["family"], c["table"], c["name"]) for c in foreign_overrides_candidates(items)}
-    found = []
-    for item in items:
-        rule = item.get("rule") if isinstance(item, dict) else None
-        key = (rule["family"], rule["table"], rule["chain"]) if rule else None
-        if key in late and rule and _mark_setter(rule.get("expr")):
-            where = f"{rule['family']} {rule['table']} {rule['chain']}"
-            found.append(Finding(f"foreign rule in {where} re-marks packets after lvsfw"))
-    return found
 
 
 class Nftables(PacketFilter):
@@ -328,21 +294,16 @@ class Nftables(PacketFilter):
         self.commit(change)
 
     def _foreign(self, ctx: Context) -> list[Finding]:
-        """Foreign prerouting chains that re-mark packets (own elements are never listed)."""
-        listing = ctx.json(
-            {"nftables": [{"list": {"chains": None}}]}, self._argv("-j", "list", "chains")
-        )
-        chains = [i for i in listing.get("nftables", []) if isinstance(i, dict) and "chain" in i]
-        items: list[Any] = list(chains)
-        for item in foreign_overrides_candidates(chains):
-            words = (item["family"], item["table"], item["name"])
-            command = {
-                "nftables": [{"list": {"chain": dict(zip(("family", "table", "name"), words))}}]
-            }
-            items += ctx.json(command, self._argv("-j", "list", "chain", *words)).get(
-                "nftables", []
-            )
-        return foreign_overrides(items)
+        """Foreign prerouting chains that re-mark packets, followed through their jumps,
+        gotos and verdict maps (:func:`lvsfw.backends.remarks.nft_overrides`; lvsfw's own
+        table is never listed)."""
+
+        def read(words: Words) -> list[Any]:
+            listed = ctx.json(command(words), self._argv("-j", *words))
+            items = listed.get("nftables", []) if isinstance(listed, dict) else []
+            return items if isinstance(items, list) else []
+
+        return nft_overrides(read, frozenset({(FAMILY, TABLE)}))
 
     def inspect(self, spec: Specification) -> tuple[LiveState, list[Finding]]:
         """One full read for drift: the live table, and every finding :meth:`findings` gives."""
@@ -357,8 +318,9 @@ class Nftables(PacketFilter):
         """The own table missing or altered; foreign prerouting chains that re-mark packets.
 
         A foreign base chain on the prerouting hook at lvsfw's priority (mangle, -150) or later
-        that sets ``meta mark`` may override the bundles' marks. (An ``accept`` elsewhere does
-        not skip lvsfw's chain: every base chain of a hook sees the packet.)
+        that sets ``meta mark``, itself or in a chain it jumps or goes to, may override the
+        bundles' marks. (An ``accept`` elsewhere does not skip lvsfw's chain: every base chain
+        of a hook sees the packet.)
         """
         return self.inspect(spec)[1]
 
