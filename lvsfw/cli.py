@@ -27,6 +27,7 @@ from lvsfw.rules import FwmarkService, normalize, specify
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING, EXIT_DRIFT = 0, 1, 2, 3
 DEFAULT_FIREWALL = "nftables"
+DEFAULT_LOCK_TIMEOUT = 60.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -76,6 +77,20 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
 
 
+def _lock_timeout(ctx: click.Context, param: click.Parameter, value: Optional[float]) -> float:
+    """``--lock-timeout``: seconds >= 0 (inf: wait for ever); NaN and negatives refused."""
+    if value is None:
+        return DEFAULT_LOCK_TIMEOUT
+    if not value >= 0:  # also catches NaN, which would wait for ever
+        raise click.BadParameter(
+            f"--lock-timeout: {value!r} is not valid; expected seconds >= 0 (0: fail at once if "
+            "another lvsfw run holds the lock)",
+            ctx,
+            param,
+        )
+    return value
+
+
 def kernel_options(f: F) -> F:
     """The options of every command that touches the kernel; they override [director]."""
     options = [
@@ -94,10 +109,11 @@ def kernel_options(f: F) -> F:
         click.option(
             "--lock-timeout",
             type=float,
-            default=60.0,
+            default=DEFAULT_LOCK_TIMEOUT,
             show_default=True,
             metavar="SECONDS",
-            help="How long to wait for another lvsfw run.",
+            callback=_lock_timeout,
+            help="How long to wait for another lvsfw run (0: fail at once if one holds the lock).",
         ),
     ]
     return functools.reduce(lambda g, option: option(g), reversed(options), f)
@@ -107,6 +123,12 @@ def _settings(cfg: Optional[config.Config], flags: dict[str, Any]) -> config.Dir
     base = cfg.director if cfg is not None else config.DirectorSettings()
     keys = ("netns", "firewall", "ipvs", "state_file")
     return base.merged(**{k: flags.get(k) for k in keys})
+
+
+def _lock_timeout_of(flags: dict[str, Any]) -> float:
+    """The --lock-timeout given (0 is a timeout: fail at once), else the default."""
+    value = flags.get("lock_timeout")
+    return DEFAULT_LOCK_TIMEOUT if value is None else float(value)
 
 
 def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool = False) -> Director:
@@ -123,7 +145,7 @@ def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool =
         settings.ipvs if settings.ipvs is not None else True,
         settings.netns,
         state_file=settings.state_file,
-        lock_timeout=flags.get("lock_timeout") or 60.0,
+        lock_timeout=_lock_timeout_of(flags),
         lock_dir=flags.get("lock_dir") or LOCK_DIR,
         ipvsadm=flags.get("ipvsadm") or "ipvsadm",
     )
@@ -277,8 +299,11 @@ CONFIG_OPTION = click.option(
 def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
     """Show what lvsfw owns now: its mark rules and IPVS services."""
     director = _director(_optional_config(config_file), flags, owned=True)
-    snapshot = director.firewall.snapshot()
-    rules = sorted(normalize(snapshot.rules))
+    snapshots = director.snapshots()  # every packet filter that may hold lvsfw's rules
+    where_rule = {r: name for name, snap in snapshots.items() for r in normalize(snap.rules)}
+    owners = {r: o for snap in snapshots.values() for r, o in snap.owners.items()}
+    rules = sorted(where_rule)
+    others = [n for n, snap in snapshots.items() if snap.rules and n != director.firewall.name]
     owned = state.load(director.state_file)
     services: list[FwmarkService] = []
     if director.ipvs is not None and owned.services:
@@ -290,20 +315,25 @@ def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
                 "firewall": director.firewall.name,
                 "netns": director.netns,
                 "state_file": director.state_file,
-                "rules": [{**rule_json(r), "bundle": snapshot.owners.get(r)} for r in rules],
+                "rules": [
+                    {**rule_json(r), "bundle": owners.get(r), "firewall": where_rule[r]}
+                    for r in rules
+                ],
                 "services": [service_json(s) for s in services],
             }
         )
         return
     where = f" in netns {director.netns}" if director.netns else ""
     click.echo(f"firewall {director.firewall.name}{where}; state {director.state_file}")
+    for name in others:
+        click.echo(f"also in {name}: rules left by an interrupted apply; destroy removes them")
     if not rules and not services:
         click.echo("lvsfw owns nothing here")
         return
     rows: dict[tuple[str, str, str, str], list[str]] = {}
     for r in rules:
         mark = str(r.mark) if r.mask == 0xFFFFFFFF else f"{r.mark:#x}/{r.mask:#x}"
-        key = (snapshot.owners.get(r) or "-", mark, str(r.vip), str(r.protocol))
+        key = (owners.get(r) or "-", mark, str(r.vip), str(r.protocol))
         rows.setdefault(key, []).append(ports_text(r))
     click.echo(
         table(

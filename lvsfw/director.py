@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from lvsfw import registry, state
 from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.detect import detect_firewall
-from lvsfw.drift import Report, finding_drift, rule_drift, service_drift
+from lvsfw.drift import Drift, Report, finding_drift, rule_drift, service_drift
 from lvsfw.errors import LvsfwError, ValidationError, add_note
+from lvsfw.files import write_atomic
 from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
@@ -99,18 +101,45 @@ class Director:
         self, owned: Iterable[ServiceKey], spec: Optional[Specification] = None
     ) -> frozenset[FwmarkService]:
         """The live IPVS services of ``owned``; with ``spec``, refuse foreign conflicts."""
-        if self.ipvs is None:
-            return frozenset()
         keys = set(owned)
+        if self.ipvs is None or not (keys or (spec is not None and spec.services)):
+            return frozenset()  # nothing of lvsfw's in IPVS, nothing to add: IPVS is not read
         dump = self.ipvs.read_dump()
         if spec is not None:
             self.ipvs.plan(spec, keys, live=dump)  # ConflictError on a foreign service
         return frozenset(s for s in dump.services if (s.family, s.mark) in keys)
 
+    def _load(self) -> state.State:
+        """The state file, with the packet filter told which objects it records as lvsfw's
+        (before the filter reads anything: a name alone never makes an object lvsfw's)."""
+        current = state.load(self.state_file)
+        self.firewall.owned = current.objects
+        return current
+
+    def _others(self, current: state.State) -> list[PacketFilter]:
+        """The packet filters besides this one that ``current`` says may hold lvsfw's rules:
+        the one it used before a switch, and each one a killed apply may have written."""
+        found = []
+        for name in sorted(current.filters - {self.firewall.name}):
+            other = registry.get(name)(netns=self.netns)
+            if isinstance(other, PacketFilter):
+                other.owned = current.objects
+                found.append(other)
+        return found
+
     def _observe(self, fast: bool = False) -> Any:
         """The packet filter's live state read once (None: the backend reads per call)."""
         firewall = self.firewall
         return firewall.observe(fast) if isinstance(firewall, Transactional) else None
+
+    def snapshots(self) -> dict[str, Specification]:
+        """What lvsfw's rules are live, per packet filter: this one, then every other one the
+        state file names (a killed apply or a switch may have left rules there)."""
+        current = self._load()
+        found = {self.firewall.name: self.firewall.snapshot()}
+        for other in self._others(current):
+            found[other.name] = other.snapshot()
+        return found
 
     def _plan(self, spec: Specification, current: state.State, live: Any = None) -> Plan:
         """The plan from the live kernel to ``spec``; ``live``: the packet filter's state as
@@ -136,13 +165,15 @@ class Director:
 
     def plan(self, bundles: Iterable[Bundle]) -> Plan:
         """What :meth:`apply` would add, change and remove now; writes nothing."""
-        return self._plan(specify(bundles), state.load(self.state_file), self._observe())
+        current = self._load()
+        return self._plan(specify(bundles), current, self._observe())
 
     def verify(self, bundles: Iterable[Bundle]) -> Report:
         """Read the live kernel back (fully, never from a cache) and report every drift."""
         bundles = list(bundles)
         spec = specify(bundles, memo=self._memo)
         spec.normalize_with(self._normalizer)
+        current = self._load()
         firewall = self.firewall
         if isinstance(firewall, Transactional):
             live, findings = firewall.inspect(spec)
@@ -151,11 +182,29 @@ class Director:
             rules, findings = firewall.read(), firewall.findings(spec)
         drift = rule_drift(spec, rules)
         drift += finding_drift(findings, bundles)
+        drift += self._leftovers(current)
         if self.ipvs is not None:
-            owned = state.load(self.state_file).services
+            owned = current.services
             keys = owned | {(s.family, s.mark) for s in spec.services}
             drift += service_drift(bundles, spec, self._live_services(keys), owned)
         return Report(tuple(drift))
+
+    def _leftovers(self, current: state.State) -> list[Drift]:
+        """lvsfw's rules still live in another packet filter the state file names."""
+        drift = []
+        for other in self._others(current):
+            left = other.read()
+            if left:
+                drift.append(
+                    Drift(
+                        "extra",
+                        "-",
+                        f"{other.name} still holds {len(left)} of lvsfw's mark rules (left by"
+                        f" an interrupted apply or a switch to {self.firewall.name}); apply or"
+                        " destroy removes them",
+                    )
+                )
+        return drift
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -176,13 +225,19 @@ class Director:
         spec.normalize_with(self._normalizer)
         with locked(self.lock_path, self.lock_timeout):
             saved = state.read_text(self.state_file)
-            current = state.load(self.state_file)
+            current = self._load()
             live = self._observe(fast=True)
             plan = self._plan(spec, current, live)
-            stale = self._stale_firewall(current)
-            if not plan and stale is None:
-                if current.pending or current.firewall != self.firewall.name:
-                    self._save(spec, current.services if self.ipvs is None else None)
+            stale = [other for other in self._others(current) if other.read()]
+            if not plan and not stale:
+                settled = state.State(
+                    current.services if self.ipvs is None else self._wanted(spec),
+                    self.firewall.name,
+                    firewalls=frozenset({self.firewall.name}),
+                    objects=self.firewall.objects(live),
+                )
+                if settled != current:
+                    state.save(self.state_file, settled)
                 return plan
             change = None
             if plan.rules_changed:
@@ -221,20 +276,9 @@ class Director:
                 firewall.dry_run(change)
         return plan, change
 
-    def _stale_firewall(self, current: state.State) -> Optional[PacketFilter]:
-        """The packet filter lvsfw used before, if it was another one (its rules must go)."""
-        if current.firewall in (None, self.firewall.name):
-            return None
-        old = registry.get(current.firewall or "")(netns=self.netns)
-        return old if isinstance(old, PacketFilter) and old.read() else None
-
-    def _save(self, spec: Specification, services: Optional[frozenset[ServiceKey]]) -> None:
-        keys = (
-            services
-            if services is not None
-            else frozenset((s.family, s.mark) for s in spec.services)
-        )
-        state.save(self.state_file, state.State(keys, self.firewall.name))
+    @staticmethod
+    def _wanted(spec: Specification) -> frozenset[ServiceKey]:
+        return frozenset((s.family, s.mark) for s in spec.services)
 
     @staticmethod
     def _write_marks(firewall: PacketFilter, spec: Specification) -> None:
@@ -249,7 +293,7 @@ class Director:
         spec: Specification,
         plan: Plan,
         current: state.State,
-        stale: Optional[PacketFilter],
+        stale: Sequence[PacketFilter],
         saved: Optional[str],
         *,
         change: Any = None,
@@ -257,20 +301,30 @@ class Director:
         """Run the steps of :data:`STEPS`; on any failure undo them and restore the state file.
 
         Before the first kernel write the state file records ``pending`` ownership of every
-        IPVS service this apply may create, so a process killed at any point leaves a state
-        from which the next apply converges and :meth:`destroy` removes everything.
+        IPVS service this apply may create, every packet filter it may write (this one and
+        the ones it empties) and every object the change may create, so a process killed at
+        any point leaves a state from which the next apply converges and :meth:`destroy`,
+        ``show`` and :meth:`verify` see everything.
         """
-        wanted = frozenset((s.family, s.mark) for s in spec.services) if self.ipvs else frozenset()
-        owned = current.services | wanted
-        state.save(self.state_file, state.State(owned, current.firewall, pending=True))
+        owned = current.services | (self._wanted(spec) if self.ipvs else frozenset())
         firewall = self.firewall
+        creates = firewall.creates(change) if change is not None else frozenset()
+        pending = state.State(
+            owned,
+            current.firewall,
+            pending=True,
+            firewalls=current.filters | {firewall.name},
+            objects=current.objects | creates,
+        )
+        state.save(self.state_file, pending)
         # the undo of the marks: the change's own inverse, or else a snapshot to reload
         plain = not isinstance(firewall, Transactional)
         before = firewall.snapshot() if plan.rules_changed and plain else None
-        stale_before = stale.snapshot() if stale is not None else None
+        stale_before = [(other, other.snapshot()) for other in stale]
+        stale_done: list[tuple[PacketFilter, Specification]] = []
         added: list[list[str]] = []  # ipvsadm argv lists undoing "ipvs-add", in order
         removed: list[list[str]] = []  # and "ipvs-remove"
-        marks_done = stale_done = False
+        marks_done = False
         try:
             self._step("ipvs-add")
             if self.ipvs is not None and (plan.add_services or plan.change_services):
@@ -282,27 +336,27 @@ class Director:
             elif plan.rules_changed and not isinstance(firewall, Transactional):
                 marks_done = True
                 self._write_marks(firewall, spec)
-            if stale is not None:
-                stale_done = True
-                stale.remove()
+            for other, before_other in stale_before:
+                stale_done.append((other, before_other))
+                other.remove()
             self._step("ipvs-remove")
             if self.ipvs is not None and plan.remove_services:
                 removed = self.ipvs.apply(spec, owned)
             self._step("commit")
-            self._save(spec, None if self.ipvs is not None else current.services)
+            committed = state.State(
+                self._wanted(spec) if self.ipvs is not None else current.services,
+                firewall.name,
+                firewalls=frozenset({firewall.name}),
+                objects=firewall.objects(None),
+            )
+            state.save(self.state_file, committed)
         except BaseException as exc:
             undo_marks: Optional[Callable[[], None]] = None
             if marks_done and change is not None and isinstance(firewall, Transactional):
                 undo_marks = lambda: firewall.commit(change, undo=True)  # noqa: E731
             elif marks_done and before is not None:
                 undo_marks = lambda: self._write_marks(firewall, before)  # noqa: E731
-            undone = self._rollback(
-                exc,
-                undo_marks,
-                stale if stale_done else None,
-                stale_before,
-                (removed, added),
-            )
+            undone = self._rollback(exc, undo_marks, stale_done, (removed, added))
             if undone:
                 state.restore(self.state_file, saved)
             else:  # keep the pending ownership: the next apply or destroy cleans up
@@ -313,11 +367,10 @@ class Director:
         self,
         exc: BaseException,
         undo_marks: Optional[Callable[[], None]],
-        stale: Optional[PacketFilter],
-        stale_before: Optional[Specification],
+        stale: Sequence[tuple[PacketFilter, Specification]],
         undo: tuple[list[list[str]], list[list[str]]],
     ) -> bool:
-        """Undo in reverse order: services removed, the old filter, marks, services added.
+        """Undo in reverse order: services removed, the old filters, marks, services added.
 
         Every undo step runs even if an earlier one fails; failures become notes on ``exc``.
         Returns whether every step succeeded.
@@ -327,8 +380,7 @@ class Director:
         steps: list[Callable[[], None]] = []
         if ipvs is not None and removed:
             steps.append(lambda: ipvs.undo(removed))
-        if stale is not None and stale_before is not None:
-            steps.append(lambda: self._write_marks(stale, stale_before))
+        steps += [functools.partial(self._write_marks, f, before) for f, before in reversed(stale)]
         if undo_marks is not None:
             steps.append(undo_marks)
         if ipvs is not None and added:
@@ -345,13 +397,12 @@ class Director:
     def destroy(self) -> Plan:
         """Remove every mark rule and owned IPVS service lvsfw holds, and nothing else."""
         with locked(self.lock_path, self.lock_timeout):
-            current = state.load(self.state_file)
+            current = self._load()
             empty = specify([])
             plan = self._plan(empty, current)
             self.firewall.remove()
-            stale = self._stale_firewall(current)
-            if stale is not None:
-                stale.remove()
+            for other in self._others(current):  # every filter an apply may have written
+                other.remove()
             if self.ipvs is not None and current.services:
                 self.ipvs.remove(current.services)
             # without IPVS, its owned services stay recorded: they are still lvsfw's to remove
@@ -371,12 +422,9 @@ class Director:
         files = dict(self.firewall.boot_files(spec))
         if self.ipvs is not None:
             files["lvsfw.ipvs"] = self.ipvs.render_spec(spec)
-        os.makedirs(directory, exist_ok=True)
         paths = []
         for name, text in sorted(files.items()):
             path = os.path.join(directory, name)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+            write_atomic(path, text)  # never through a link planted at a guessable name
             paths.append(path)
         return paths

@@ -1,4 +1,8 @@
-"""One apply at a time per network namespace: an advisory file lock with a timeout."""
+"""One apply at a time per network namespace: an advisory file lock with a timeout.
+
+The lock is keyed by the namespace's identity (:func:`lvsfw.netns.namespace_key`), so
+``ip netns exec NS lvsfw apply`` and ``lvsfw apply --netns NS`` take the same lock.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Iterator
 from typing import Optional
 
 from lvsfw.errors import LvsfwError
+from lvsfw.netns import namespace_key
 
 LOCK_DIR = "/run"
 
@@ -20,18 +25,23 @@ class LockTimeout(LvsfwError):
 
 
 def lock_path(netns: Optional[str], lock_dir: str = LOCK_DIR) -> str:
-    """``/run/lvsfw.lock`` for the current namespace, ``/run/lvsfw-NAME.lock`` for a named one."""
-    suffix = "" if netns is None else f"-{netns}"
+    """``/run/lvsfw.lock`` for PID 1's namespace, ``/run/lvsfw-KEY.lock`` for another (KEY:
+    its name, however it was entered, or ``ns@INODE``)."""
+    key = namespace_key(netns)
+    suffix = "" if key is None else f"-{key}"
     return os.path.join(lock_dir, f"lvsfw{suffix}.lock")
 
 
 @contextlib.contextmanager
 def locked(path: str, timeout: float = 60.0, poll: float = 0.05) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; wait at most ``timeout`` seconds for it.
+    """Hold an exclusive ``flock`` on ``path``; wait at most ``timeout`` seconds for it
+    (0: fail at once if another process holds it).
 
     The lock is released by the kernel when the process dies, so a killed apply never
     leaves a stale lock behind.
     """
+    if not timeout >= 0:  # also refuses NaN
+        raise LvsfwError(f"lock_timeout: {timeout!r} is not valid; expected seconds >= 0")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

@@ -1,4 +1,5 @@
-"""Network namespaces by name (as ``ip netns add`` creates them under /run/netns)."""
+"""Network namespaces by name (as ``ip netns add`` creates them under /run/netns), and by
+identity: what keys lvsfw's lock and state file, however the namespace was entered."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Optional, TypeVar
 
 from lvsfw.errors import LvsfwError, ValidationError
 
@@ -25,6 +26,55 @@ def check_netns(name: str) -> str:
     if not os.path.exists(path):
         raise LvsfwError(f"netns: network namespace {name!r} does not exist ({path} missing)")
     return path
+
+
+Identity = tuple[int, int]
+#: The namespace of PID 1: the host's own (or, in a container, the container's).
+INIT_NS = "/proc/1/ns/net"
+
+
+def identity(netns: Optional[str]) -> Identity:
+    """The (device, inode) of namespace ``netns``'s nsfs file (None: the caller's namespace).
+
+    Two paths to one namespace (``ip netns exec NS lvsfw ...`` and ``lvsfw ... --netns NS``)
+    give one identity; two namespaces alive at once never share one.
+    """
+    path = check_netns(netns) if netns is not None else "/proc/thread-self/ns/net"
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise LvsfwError(f"netns: cannot identify {path}: {exc.strerror}") from exc
+    return info.st_dev, info.st_ino
+
+
+def namespace_key(netns: Optional[str]) -> Optional[str]:
+    """The key of namespace ``netns`` (None: the caller's) for lock and state file names.
+
+    The first name under /run/netns bound to this very namespace, however it was entered (so
+    ``ip netns exec NS`` and ``--netns NS`` agree, and the state of a named namespace outlives
+    a reboot as its name does); None (the default files) for PID 1's namespace; ``ns@INODE``
+    for an unnamed other one (``@`` is never in a name). Where PID 1's namespace cannot be
+    read (a restricted container), an unnamed namespace is taken for the default one.
+    """
+    here = identity(netns)
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            info = os.stat(os.path.join(NETNS_DIR, name))
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == here and _NAME.fullmatch(name):
+            return name
+    if netns is not None:  # bound under a name that is not lvsfw-safe, and listed no other way
+        return netns
+    try:
+        init = os.stat(INIT_NS)
+    except OSError:
+        return None
+    return None if (init.st_dev, init.st_ino) == here else f"ns@{here[1]}"
 
 
 def _setns(fd: int) -> None:

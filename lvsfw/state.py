@@ -1,42 +1,71 @@
-"""What lvsfw owns: a small JSON state file per network namespace, written atomically."""
+"""What lvsfw owns: a small JSON state file per network namespace, written atomically.
+
+The file is keyed by the namespace's identity (:func:`lvsfw.netns.namespace_key`), never by
+how it was entered, and parsed strictly: a damaged file is an error naming the field, never
+a silent claim on something lvsfw does not own.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
-from typing import Optional
+import re
+from typing import Any, Optional
 
 import attrs
 
 from lvsfw.enums import Family
 from lvsfw.errors import LvsfwError
+from lvsfw.files import write_atomic
+from lvsfw.netns import namespace_key
 
 STATE_DIR = "/var/lib/lvsfw"
-VERSION = 1
+#: Version 2 records every packet filter an apply may have written and the kernel objects
+#: lvsfw created; version 1 files (services, firewall, pending) are read as before.
+VERSION = 2
+_VERSIONS = (1, 2)
+_FIELDS = {"version", "firewall", "pending", "services", "firewalls", "objects"}
+_BACKEND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_OBJECT = re.compile(r"[a-z]+:[A-Za-z0-9_. -]{1,64}")
+_MARK_MAX = 0xFFFFFFFF
 
 ServiceKey = tuple[Family, int]
 
 
 def state_path(netns: Optional[str], state_dir: str = STATE_DIR) -> str:
-    """``/var/lib/lvsfw/state.json``, or ``/var/lib/lvsfw/state-NAME.json`` for netns NAME."""
-    suffix = "" if netns is None else f"-{netns}"
+    """``/var/lib/lvsfw/state.json`` for PID 1's namespace, ``state-KEY.json`` for another
+    (KEY: its name under /run/netns, however it was entered; see
+    :func:`lvsfw.netns.namespace_key`)."""
+    key = namespace_key(netns)
+    suffix = "" if key is None else f"-{key}"
     return os.path.join(state_dir, f"state{suffix}.json")
 
 
 @attrs.frozen
 class State:
-    """The IPVS services lvsfw owns, and the packet filter it last applied with.
+    """What lvsfw owns in one namespace.
 
-    ``pending`` is True between the moment an apply widened ``services`` and the moment it
-    finished: a process killed in between leaves a state that still names everything it may
-    have created, so the next apply or destroy can clean up.
+    ``services``: the IPVS services (family, mark) it created. ``firewall``: the packet filter
+    it last applied with. ``firewalls``: every packet filter that may hold its rules (more
+    than one only while an apply that switches filter is pending). ``objects``: kernel objects
+    it created besides its own table or chains (``ipset:NAME``, ``table:ip mangle``), so a
+    foreign object of the same name is never taken for its own. ``pending`` is True between
+    the moment an apply widened this record and the moment it finished: a process killed in
+    between leaves a state that still names everything it may have created, so the next
+    apply, destroy, show or verify can see and clean it up.
     """
 
     services: frozenset[ServiceKey] = frozenset()
     firewall: Optional[str] = None
     pending: bool = False
+    firewalls: frozenset[str] = frozenset()
+    objects: frozenset[str] = frozenset()
+
+    @property
+    def filters(self) -> frozenset[str]:
+        """Every packet filter that may hold lvsfw's rules: ``firewalls`` and ``firewall``."""
+        return self.firewalls | ({self.firewall} if self.firewall is not None else set())
 
     def to_json(self) -> str:
         """The file's text."""
@@ -45,6 +74,8 @@ class State:
                 "version": VERSION,
                 "firewall": self.firewall,
                 "pending": self.pending,
+                "firewalls": sorted(self.firewalls),
+                "objects": sorted(self.objects),
                 "services": [{"family": str(f), "mark": m} for f, m in sorted(self.services)],
             },
             indent=2,
@@ -52,36 +83,88 @@ class State:
 
     @classmethod
     def from_json(cls, text: str, path: str) -> State:
-        """Parse the file's text; a damaged file is an error, never silently empty."""
+        """Parse the file's text strictly; anything unexpected is an :class:`LvsfwError`."""
         try:
-            data = json.loads(text)
-            services = frozenset(
-                (Family(item["family"]), int(item["mark"])) for item in data["services"]
-            )
-            firewall = data.get("firewall")
-            if firewall is not None and not isinstance(firewall, str):
-                raise TypeError("firewall")
-            return cls(services, firewall, bool(data.get("pending", False)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LvsfwError(f"state file {path}: damaged ({exc}); fix or remove it") from exc
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise _damaged(path, f"not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise _damaged(path, "not a JSON object")
+        unknown = sorted(set(data) - _FIELDS)
+        if unknown:
+            raise _damaged(path, f"unknown field {unknown[0]!r}")
+        version = data.get("version", 1)
+        if type(version) is not int or version not in _VERSIONS:
+            raise _damaged(path, f"version {version!r} is not one of {list(_VERSIONS)}")
+        firewall = data.get("firewall")
+        if firewall is not None and not _backend(firewall):
+            raise _damaged(path, f"firewall {firewall!r} is not a backend name")
+        pending = data.get("pending", False)
+        if type(pending) is not bool:
+            raise _damaged(path, f"pending {pending!r} is not true or false")
+        services = _services(data.get("services"), path)
+        firewalls = _strings(data.get("firewalls", []), "firewalls", _BACKEND, path)
+        objects = _strings(data.get("objects", []), "objects", _OBJECT, path)
+        return cls(services, firewall, pending, firewalls, objects)
 
 
-def load(path: str) -> State:
-    """The state in ``path``, or an empty state if the file does not exist."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return State.from_json(f.read(), path)
-    except FileNotFoundError:
-        return State()
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number here")
+
+
+def _damaged(path: str, reason: str) -> LvsfwError:
+    return LvsfwError(f"state file {path}: damaged ({reason}); fix or remove it")
+
+
+def _backend(value: object) -> bool:
+    return isinstance(value, str) and _BACKEND.fullmatch(value) is not None
+
+
+def _services(items: object, path: str) -> frozenset[ServiceKey]:
+    if not isinstance(items, list):
+        raise _damaged(path, "services is not a list")
+    keys = set()
+    families = {str(f): f for f in Family}
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"family", "mark"}:
+            raise _damaged(path, f"service {item!r} is not {{family, mark}}")
+        family, mark = item["family"], item["mark"]
+        if not isinstance(family, str) or family not in families:
+            raise _damaged(path, f"service family {family!r} is not one of {sorted(families)}")
+        if type(mark) is not int or not 1 <= mark <= _MARK_MAX:
+            raise _damaged(path, f"service mark {mark!r} is not an integer 1..{_MARK_MAX}")
+        keys.add((families[family], mark))
+    return frozenset(keys)
+
+
+def _strings(items: object, field: str, pattern: re.Pattern[str], path: str) -> frozenset[str]:
+    if not isinstance(items, list):
+        raise _damaged(path, f"{field} is not a list")
+    for item in items:
+        if not isinstance(item, str) or pattern.fullmatch(item) is None:
+            raise _damaged(path, f"{field} entry {item!r} is not valid")
+    return frozenset(items)
 
 
 def read_text(path: str) -> Optional[str]:
     """The raw text of the state file, or None if it does not exist (see :func:`restore`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise LvsfwError(f"state file {path}: cannot read it: {exc.strerror}") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+
+
+def load(path: str) -> State:
+    """The state in ``path``, or an empty state if the file does not exist."""
+    text = read_text(path)
+    return State() if text is None else State.from_json(text, path)
 
 
 def restore(path: str, text: Optional[str]) -> None:
@@ -90,29 +173,10 @@ def restore(path: str, text: Optional[str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         return
-    _write(path, text)
+    write_atomic(path, text, mode=0o600)
 
 
 def save(path: str, state: State) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    _write(path, state.to_json())
+    write_atomic(path, state.to_json(), mode=0o600)
 
-
-def _write(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
