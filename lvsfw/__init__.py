@@ -20,12 +20,19 @@ from lvsfw.errors import (
 from lvsfw.model import Bundle, FirewallMark, RealServer, VirtualService
 from lvsfw.plan import Plan
 from lvsfw.ports import PortBundle, PortRange
+from lvsfw.rendered import Rendered
 from lvsfw.rules import FwmarkService, MarkRule, Specification, specify
 
 
 def render(bundles: Iterable[Bundle], backend: str) -> str:
     """The text backend ``backend`` would load for ``bundles`` (conflict-checked first)."""
     return registry.get(backend)().render(bundles)
+
+
+def render_parts(bundles: Iterable[Bundle], backend: str) -> Rendered:
+    """:func:`render` as named parts, each one tool's input as is (``str()`` of the result is
+    :func:`render`'s text; ``.part(name)`` one part; ``.names`` the part names)."""
+    return registry.get(backend)().render_parts(specify(bundles))
 
 
 __all__ = [
@@ -48,11 +55,13 @@ __all__ = [
     "PortRange",
     "Protocol",
     "RealServer",
+    "Rendered",
     "Report",
     "Scheduler",
     "Specification",
     "ValidationError",
     "VirtualService",
     "render",
+    "render_parts",
     "specify",
 ]

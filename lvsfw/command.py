@@ -33,11 +33,11 @@ def run(
     """
     # Resolved here, not by ``ip netns exec``, which would turn a missing program into a
     # failure of ``ip`` itself (the namespace shares this filesystem).
-    if shutil.which(argv[0], path=_ENV["PATH"]) is None:
+    if shutil.which(argv[0], path=TOOL_PATH) is None:
         hint = f"; {install_hint}" if install_hint else ""
         raise BackendUnavailable(f"{argv[0]} not found{hint}")
     full = netns_argv(argv, netns)
-    command = sh.Command(shutil.which(full[0], path=_ENV["PATH"]) or full[0])
+    command = sh.Command(shutil.which(full[0], path=TOOL_PATH) or full[0])
     try:
         out = command(*full[1:], _in=stdin, _tty_out=False, _env=_ENV)
     except sh.ErrorReturnCode as exc:
@@ -46,5 +46,7 @@ def run(
     return str(out)
 
 
+#: Where lvsfw looks for the kernel tools (and the PATH they run with), whatever the caller's.
+TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The tools' messages are parsed and shown: make them the same on every machine.
-_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_ENV = {"PATH": TOOL_PATH, "LC_ALL": "C"}

@@ -35,7 +35,7 @@ import attrs
 import tomli_w
 
 from lvsfw.errors import ConflictError, LvsfwError, ParseError, ValidationError
-from lvsfw.model import Bundle, RealServer
+from lvsfw.model import FULL_MASK, Bundle, RealServer
 from lvsfw.rules import specify
 from lvsfw.textscan import comment
 
@@ -335,7 +335,7 @@ def bundle_data(bundle: Bundle) -> dict[str, object]:
         "name": bundle.name,
         "vips": [str(v) for v in bundle.vips],
         "ports": str(bundle.ports),
-        "mark": mark.value if mark.mask == 0xFFFFFFFF else str(mark),
+        "mark": mark.value if mark.mask == FULL_MASK else str(mark),
         "scheduler": str(service.scheduler),
     }
     if service.persistence is not None:

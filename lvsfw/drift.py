@@ -11,6 +11,7 @@ import attrs
 from lvsfw.backends.base import Finding
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.model import Bundle
+from lvsfw.ports import ports_text
 from lvsfw.rules import FwmarkService, MarkRule, Specification, normalize
 
 #: Kinds of drift, in the order a report lists them.
@@ -112,10 +113,6 @@ def _segments(
     return pieces
 
 
-def _ports(lo: int, hi: int) -> str:
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
 def rule_drift(spec: Specification, live: Iterable[MarkRule]) -> list[Drift]:
     """Missing, changed and extra marks, each naming the bundle and the ports."""
     live = frozenset(live)
@@ -137,7 +134,7 @@ def rule_drift(spec: Specification, live: Iterable[MarkRule]) -> list[Drift]:
     found: list[Drift] = []
     for (vip, protocol), (want, have) in groups.items():
         for lo, hi, w, v in _segments(want, spec.owners, have):
-            where = f"{vip} {protocol}:{_ports(lo, hi)}"
+            where = f"{vip} {protocol}:{ports_text(lo, hi)}"
             if w is not None and v is None:
                 found.append(Drift("missing", w[2], f"{where} is not marked (want mark {w[0]})"))
             elif w is not None and v is not None and (w[0], w[1]) != v:

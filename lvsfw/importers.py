@@ -25,7 +25,7 @@ from lvsfw.enums import Family, IPAddress, address_key
 from lvsfw.errors import BackendUnavailable, CommandFailed, LvsfwError, ParseError
 from lvsfw.lvscf import NETWORKS, Source, parse_lvs_cf
 from lvsfw.markscan import FoundRule, Scan, scan
-from lvsfw.model import NAME_PATTERN, Bundle, RealServer, VirtualService
+from lvsfw.model import FULL_MASK, NAME_PATTERN, Bundle, RealServer, VirtualService
 from lvsfw.netns import legacy_tables
 from lvsfw.ports import PortRange, merge_ranges
 from lvsfw.rules import specify
@@ -270,7 +270,7 @@ def join(
         if len(comments) == 1:
             base = _safe_name(comments.pop(), mark)
         groups = _groups(found)
-        masks = sorted({r.mask for r in found}) or [0xFFFFFFFF]
+        masks = sorted({r.mask for r in found}) or [FULL_MASK]
         if len(masks) > 1:
             warn.append(f"mark {mark}: rules use several masks; using {masks[-1]:#x}")
         fallback = [v for i in items for v in i.vips], [p for i in items for p in i.ports]

@@ -33,10 +33,11 @@ import attrs
 from lvsfw.backends.nftables import Nftables
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.errors import LvsfwError
+from lvsfw.model import FULL_MASK
 from lvsfw.rules import MarkRule
 from lvsfw.textscan import LineIndex, Statement, comment, nft_statements
 
-FULL = 0xFFFFFFFF
+FULL = FULL_MASK  # the short name this module (and its tests) use
 _COUNTERS = re.compile(r"^\[\d+:\d+\]\s+")
 _IGNORED_MATCHES = {"-m", "--match", "-t", "--table"}
 _NOT_MODELLED = {"-s", "--source", "-i", "--in-interface", "--sport", "--source-port", "--sports"}

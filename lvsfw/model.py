@@ -17,11 +17,19 @@ from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler, address_key
 from lvsfw.errors import ValidationError
 from lvsfw.ports import PortBundle, PortsLike
 
+#: The largest mark, and the mask of all 32 mark bits (:data:`FULL_MASK`).
 MAX_MARK = 2**32 - 1
+#: The mask of a mark given without ``/mask``: every bit (the same number as MAX_MARK).
+FULL_MASK = MAX_MARK
 MAX_WEIGHT = 65535
 MAX_PERSISTENCE = 31 * 24 * 3600  # ipvsadm's limit: 2678400 s
 MAX_THRESHOLD = 2**31 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,28}")  # always used with fullmatch
+
+
+def mark_text(mark: int, mask: int) -> str:
+    """A mark as lvsfw writes it: ``"80"`` with the full mask, else ``"0x50/0xff"``."""
+    return str(mark) if mask == FULL_MASK else f"{mark:#x}/{mask:#x}"
 
 
 def _u32(field: str, value: object, low: int) -> int:
@@ -57,7 +65,7 @@ class FirewallMark:
     """
 
     value: int = attrs.field()
-    mask: int = attrs.field(default=MAX_MARK)
+    mask: int = attrs.field(default=FULL_MASK)
 
     @value.validator
     def _value(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -81,7 +89,7 @@ class FirewallMark:
         if isinstance(value, str):
             text, _, mask = value.strip().partition("/")
             try:
-                return cls(int(text, 0), int(mask, 0) if mask else MAX_MARK)
+                return cls(int(text, 0), int(mask, 0) if mask else FULL_MASK)
             except ValueError:
                 pass
         raise ValidationError("mark", value, f"an integer 1..{MAX_MARK} or 'value/mask'")
@@ -90,7 +98,7 @@ class FirewallMark:
         return self.value
 
     def __str__(self) -> str:
-        return str(self.value) if self.mask == MAX_MARK else f"{self.value:#x}/{self.mask:#x}"
+        return mark_text(self.value, self.mask)
 
 
 def _weight(instance: Any, attribute: attrs.Attribute[int], value: object) -> None:

@@ -7,12 +7,13 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from lvsfw.plan import Plan
+from lvsfw.ports import ports_text as range_text
 from lvsfw.rules import FwmarkService, MarkRule
 
 
 def ports_text(rule: MarkRule) -> str:
-    first, last = rule.first_port, rule.last_port
-    return str(first) if first == last else f"{first}-{last}"
+    """The ports of ``rule``: ``"80"`` or ``"1000-2000"``."""
+    return range_text(rule.first_port, rule.last_port)
 
 
 def rule_json(rule: MarkRule) -> dict[str, object]:

@@ -15,6 +15,12 @@ _GROUP = re.compile(r"^([A-Za-z]+):(.+)$")
 _PORT = re.compile(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$")
 
 
+def ports_text(first: int, last: int, sep: str = "-") -> str:
+    """Ports ``first``..``last`` as text: ``"80"`` for one port, else ``"80-90"`` (``sep``
+    between them: ``":"`` for iptables' ``--dport``)."""
+    return str(first) if first == last else f"{first}{sep}{last}"
+
+
 def _check_port(field: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ValidationError(field, value, "an integer port 1..65535")
@@ -52,9 +58,7 @@ class PortRange:
         return self.last_port - self.first_port + 1
 
     def __str__(self) -> str:
-        if self.first_port == self.last_port:
-            return f"{self.protocol}:{self.first_port}"
-        return f"{self.protocol}:{self.first_port}-{self.last_port}"
+        return f"{self.protocol}:{ports_text(self.first_port, self.last_port)}"
 
 
 RangeLike = Union[PortRange, "tuple[object, int, int]", "tuple[object, int]"]

@@ -14,7 +14,7 @@ import attrs
 
 from lvsfw.conflicts import check_bundles
 from lvsfw.enums import Family, IPAddress, Protocol, address_key
-from lvsfw.model import Bundle, VirtualService
+from lvsfw.model import FULL_MASK, Bundle, VirtualService
 
 
 @attrs.frozen(order=True, unsafe_hash=False)
@@ -27,7 +27,7 @@ class MarkRule:
     first_port: int
     last_port: int
     mark: int
-    mask: int = 0xFFFFFFFF
+    mask: int = FULL_MASK
 
     def __hash__(self) -> int:
         # cheaper than hashing every field (ipaddress and enum hashes run Python code); equal

@@ -18,6 +18,7 @@ import attrs
 from lvsfw.enums import Family
 from lvsfw.errors import LvsfwError
 from lvsfw.files import write_atomic
+from lvsfw.model import MAX_MARK
 from lvsfw.netns import namespace_key
 
 STATE_DIR = "/var/lib/lvsfw"
@@ -28,7 +29,6 @@ _VERSIONS = (1, 2)
 _FIELDS = {"version", "firewall", "pending", "services", "firewalls", "objects"}
 _BACKEND = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _OBJECT = re.compile(r"[a-z]+:[A-Za-z0-9_. -]{1,64}")
-_MARK_MAX = 0xFFFFFFFF
 
 ServiceKey = tuple[Family, int]
 
@@ -131,8 +131,8 @@ def _services(items: object, path: str) -> frozenset[ServiceKey]:
         family, mark = item["family"], item["mark"]
         if not isinstance(family, str) or family not in families:
             raise _damaged(path, f"service family {family!r} is not one of {sorted(families)}")
-        if type(mark) is not int or not 1 <= mark <= _MARK_MAX:
-            raise _damaged(path, f"service mark {mark!r} is not an integer 1..{_MARK_MAX}")
+        if type(mark) is not int or not 1 <= mark <= MAX_MARK:
+            raise _damaged(path, f"service mark {mark!r} is not an integer 1..{MAX_MARK}")
         keys.add((families[family], mark))
     return frozenset(keys)
 

@@ -27,6 +27,7 @@ import attrs
 from lvsfw.backends.iptsyntax import address_text
 from lvsfw.enums import Family, IPAddress, Protocol, address_key
 from lvsfw.errors import ParseError
+from lvsfw.model import FULL_MASK
 from lvsfw.rules import MarkRule, Specification
 
 #: The set type: (address, protocol:port) -> extensions.
@@ -38,7 +39,6 @@ FAMILIES = {Family.IPV4: "inet", Family.IPV6: "inet6"}
 TEMP_SUFFIX = "-new"
 #: Below this many changed members a change is always ``del``/``add``, never a reload.
 INCREMENTAL_MIN = 64
-_FULL = 0xFFFFFFFF
 #: Header words (``ipset save``'s create line) of extensions lvsfw never creates.
 _EXTENSIONS = frozenset({"timeout", "counters", "forceadd", "netmask", "bitmask", "markmask"})
 #: Header options that size a set, whatever made it (left out of a description).
@@ -66,7 +66,7 @@ def add_line(name: str, key: Key, value: Value) -> str:
     """The ``add`` line of one member, in ``ipset save``'s word order."""
     mark, mask, owner = value
     comment = f' comment "{owner}"' if owner else ""
-    skbmark = f"{mark:#x}" if mask == _FULL else f"{mark:#x}/{mask:#x}"
+    skbmark = f"{mark:#x}" if mask == FULL_MASK else f"{mark:#x}/{mask:#x}"
     return f"add {name} {member_text(key)}{comment} skbmark {skbmark}"
 
 
@@ -189,10 +189,10 @@ def _member(words: list[str], line: str) -> tuple[Key, Value]:
         raise ParseError("ipset", line, "expected a member with skbmark (and comment) only")
     value_text, _, mask_text = options["skbmark"].partition("/")
     try:
-        mark, mask = int(value_text, 16), int(mask_text or "0xffffffff", 16)
+        mark, mask = int(value_text, 16), int(mask_text, 16) if mask_text else FULL_MASK
     except ValueError:
         raise ParseError("ipset", line, "skbmark is not VALUE[/MASK] in hex") from None
-    if not (0 < mark <= mask <= _FULL and mark & ~mask == 0):
+    if not (0 < mark <= mask <= FULL_MASK and mark & ~mask == 0):
         raise ParseError("ipset", line, "mark must be non-zero and inside its mask")
     return (vip, _PROTOCOLS[proto], int(port)), (mark, mask, options.get("comment", ""))
 
@@ -206,13 +206,13 @@ def _fast_member(rest: str, line: str) -> tuple[Key, Value]:
         except ValueError:
             raise ParseError("ipset", line, "unbalanced quotes") from None
         return _member(words or [""], line)
-    mark, mask = int(match["mark"], 16), int(match["mask"] or "0xffffffff", 16)
+    mark, mask = int(match["mark"], 16), int(match["mask"], 16) if match["mask"] else FULL_MASK
     port = int(match["port"])
     try:
         vip = ipaddress.ip_address(match["address"])
     except ValueError:
         raise ParseError("ipset", line, "member address is not an address") from None
-    if not (0 < mark <= mask <= _FULL and mark & ~mask == 0) or not 1 <= port <= 65535:
+    if not (0 < mark <= mask <= FULL_MASK and mark & ~mask == 0) or not 1 <= port <= 65535:
         raise ParseError("ipset", line, "mark outside its mask, or port outside 1..65535")
     return (vip, _PROTOCOLS[match["proto"]], port), (mark, mask, match["comment"] or "")
 

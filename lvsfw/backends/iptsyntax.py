@@ -25,6 +25,8 @@ import attrs
 
 from lvsfw.enums import Family, IPAddress, Protocol, address_key
 from lvsfw.errors import ParseError, ValidationError
+from lvsfw.model import FULL_MASK
+from lvsfw.ports import ports_text
 from lvsfw.rules import MarkRule, Specification
 
 #: lvsfw's own chain in the mangle table.
@@ -60,10 +62,6 @@ def quote(text: str) -> str:
 
 def _slots(first: int, last: int) -> int:
     return 1 if first == last else 2
-
-
-def _port_text(first: int, last: int) -> str:
-    return str(first) if first == last else f"{first}:{last}"
 
 
 def _chunks(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
@@ -142,9 +140,9 @@ def rule_lines(spec: Specification, family: Family, ranges_only: bool = False) -
         ranges = [(r.first_port, r.last_port) for r in members]
         for chunk in _chunks(ranges):
             if len(chunk) == 1:
-                match = f"-m {head.protocol} --dport {_port_text(*chunk[0])}"
+                match = f"-m {head.protocol} --dport {ports_text(*chunk[0], ':')}"
             else:
-                match = "-m multiport --dports " + ",".join(_port_text(*r) for r in chunk)
+                match = "-m multiport --dports " + ",".join(ports_text(*r, ":") for r in chunk)
             lines.append(
                 f"-A {CHAIN} -d {address_text(head.vip)}/{prefix} -p {head.protocol} {match}"
                 f" -m comment --comment {comment}"
@@ -225,9 +223,9 @@ def _mark(options: dict[str, str], line: str) -> tuple[int, int]:
     xor = "--set-xmark" in options
     value_text, _, mask_text = options["--set-xmark" if xor else "--set-mark"].partition("/")
     value = _int(value_text, "mark", line)
-    mask = _int(mask_text, "mark mask", line) if mask_text else 0xFFFFFFFF
+    mask = _int(mask_text, "mark mask", line) if mask_text else FULL_MASK
     mask = mask if xor else mask | value
-    if not (0 < value <= mask <= 0xFFFFFFFF and value & ~mask == 0):
+    if not (0 < value <= mask <= FULL_MASK and value & ~mask == 0):
         raise ParseError("iptables", line, "mark must be non-zero and inside its mask")
     return value, mask
 

@@ -27,7 +27,7 @@ from lvsfw.backends.base import ServiceBackend
 from lvsfw.backends.ipvs import canonical
 from lvsfw.enums import Family, Forwarding, Scheduler
 from lvsfw.errors import LvsfwError, ParseError
-from lvsfw.model import RealServer, VirtualService
+from lvsfw.model import MAX_MARK, RealServer, VirtualService
 from lvsfw.rules import FwmarkService, Specification
 
 KINDS = {Forwarding.ROUTE: "DR", Forwarding.MASQ: "NAT", Forwarding.TUNNEL: "TUN"}
@@ -191,7 +191,7 @@ def parse_blocks(text: str) -> frozenset[FwmarkService]:
             continue
         where = f"line {node.line}: {' '.join(node.words)}"
         number = node.words[2] if len(node.words) == 3 else ""
-        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= 2**32 - 1:
+        if not (number.isascii() and number.isdigit()) or not 1 <= int(number) <= MAX_MARK:
             raise ParseError("keepalived", where, "expected 'virtual_server fwmark 1..2**32-1 {'")
         try:
             service = _service(node)

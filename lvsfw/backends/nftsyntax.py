@@ -17,11 +17,12 @@ import attrs
 
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.errors import ParseError
+from lvsfw.model import FULL_MASK
 from lvsfw.rules import MarkRule, normalize
 
 TABLE = "lvsfw"
 FAMILY = "inet"
-FULL = 0xFFFFFFFF
+FULL = FULL_MASK  # the short name this module and nftdelta use
 INSTALL_HINT = "apt-get install libnftables1 python3-nftables / pip install pip-nftables"
 #: The prerouting chain's (type, hook, priority, policy).
 HOOK = ("filter", "prerouting", "-150", "accept")
