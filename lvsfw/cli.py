@@ -22,6 +22,7 @@ from lvsfw.drift import Report
 from lvsfw.errors import LvsfwError
 from lvsfw.lock import LOCK_DIR
 from lvsfw.markscan import Scan, scan
+from lvsfw.model import mark_text
 from lvsfw.output import plan_json, ports_text, rule_json, service_json, summary, table
 from lvsfw.rules import FwmarkService, normalize, specify
 
@@ -125,12 +126,6 @@ def _settings(cfg: Optional[config.Config], flags: dict[str, Any]) -> config.Dir
     return base.merged(**{k: flags.get(k) for k in keys})
 
 
-def _lock_timeout_of(flags: dict[str, Any]) -> float:
-    """The --lock-timeout given (0 is a timeout: fail at once), else the default."""
-    value = flags.get("lock_timeout")
-    return DEFAULT_LOCK_TIMEOUT if value is None else float(value)
-
-
 def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool = False) -> Director:
     """The Director for ``cfg`` and the flags. ``owned`` (show, destroy: about what lvsfw owns
     now): without --firewall, the packet filter recorded in the state file comes first."""
@@ -140,12 +135,13 @@ def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool =
         firewall = recorded
     else:
         firewall = settings.firewall or recorded or DEFAULT_FIREWALL
+    timeout = flags.get("lock_timeout")
     return Director(
         firewall,
         settings.ipvs if settings.ipvs is not None else True,
         settings.netns,
         state_file=settings.state_file,
-        lock_timeout=_lock_timeout_of(flags),
+        lock_timeout=DEFAULT_LOCK_TIMEOUT if timeout is None else float(timeout),  # 0: at once
         lock_dir=flags.get("lock_dir") or LOCK_DIR,
         ipvsadm=flags.get("ipvsadm") or "ipvsadm",
     )
@@ -208,25 +204,41 @@ def check(file: str, as_json: bool) -> None:
     metavar="NAME",
     help=f"One of: {', '.join(registry.BUILTIN)} (default: the file's firewall).",
 )
+@click.option("--part", metavar="NAME", help="Print part NAME alone: one tool's input, as is.")
 @json_option
-def render(file: str, backend: Optional[str], as_json: bool) -> None:
-    """Print what BACKEND would load for FILE; no kernel access."""
+def render(file: str, backend: Optional[str], part: Optional[str], as_json: bool) -> None:
+    """Print what BACKEND would load for FILE; no kernel access.
+
+    Every part, combined for reading; with --part, one part alone, to pipe into the command
+    loading it (an empty part, such as ip6tables without IPv6 rules, loads nothing):
+
+    \b
+    iptables-*: ipset      ipset -exist restore (first)
+                iptables   iptables-legacy-restore --noflush (-nft: iptables-nft-restore)
+                ip6tables  ip6tables-legacy-restore --noflush (-nft: ip6tables-nft-restore)
+    nftables:   nft        nft -f -
+    ipvs:       ipvsadm    ipvsadm -R
+    keepalived: keepalived include it from keepalived.conf
+    """
     cfg = config.load(file)
     name = backend or cfg.director.firewall or DEFAULT_FIREWALL
     if name == "auto":
         raise click.UsageError("render needs a named --backend, not auto")
-    text = registry.get(name)().render(cfg.bundles)
+    rendered = registry.get(name)().render_parts(specify(cfg.bundles))
+    text = str(rendered) if part is None else rendered.part(part)
     if as_json:
-        _emit({"backend": name, "text": text})
+        parts = [{"name": n, "text": t} for n, t in rendered.parts]
+        _emit({"backend": name, "text": text, **({"part": part} if part else {"parts": parts})})
     else:
-        click.echo(text, nl=not text.endswith("\n"))
+        click.echo(text, nl=part is None and not text.endswith("\n"))
 
 
 @cli.command()
 @CONFIG
 @kernel_options
 @json_option
-def plan(file: str, as_json: bool, **flags: Any) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also print what would be sent, exactly.")
+def plan(file: str, as_json: bool, verbose: bool, **flags: Any) -> None:
     """Show how the live kernel differs from FILE. Exit 0: no change; 2: changes pending."""
     cfg = config.load(file)
     result = _director(cfg, flags).plan(cfg.bundles)
@@ -234,6 +246,8 @@ def plan(file: str, as_json: bool, **flags: Any) -> None:
         _emit(plan_json(result))
     else:
         click.echo(str(result) if not result else f"{result}\nplan: {summary(result)}")
+        for name, script in result.scripts if verbose else ():
+            click.echo(f"# {name}\n{script.rstrip()}")
     click.get_current_context().exit(EXIT_PENDING if result else EXIT_OK)
 
 
@@ -307,7 +321,7 @@ def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
     owned = state.load(director.state_file)
     services: list[FwmarkService] = []
     if director.ipvs is not None and owned.services:
-        live = director.ipvs.read_dump().services
+        live = director.ipvs.observe(owned.services).services
         services = sorted(s for s in live if (s.family, s.mark) in owned.services)
     if as_json:
         _emit(
@@ -332,7 +346,7 @@ def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
         return
     rows: dict[tuple[str, str, str, str], list[str]] = {}
     for r in rules:
-        mark = str(r.mark) if r.mask == 0xFFFFFFFF else f"{r.mark:#x}/{r.mask:#x}"
+        mark = mark_text(r.mark, r.mask)
         key = (owners.get(r) or "-", mark, str(r.vip), str(r.protocol))
         rows.setdefault(key, []).append(ports_text(r))
     click.echo(

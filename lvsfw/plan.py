@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import attrs
 
+from lvsfw.model import FULL_MASK
+from lvsfw.ports import ports_text
 from lvsfw.rules import FwmarkService, MarkRule, normalize
 
 
 def _rule_text(rule: MarkRule) -> str:
-    ports = (
-        str(rule.first_port)
-        if rule.first_port == rule.last_port
-        else f"{rule.first_port}-{rule.last_port}"
-    )
-    mask = "" if rule.mask == 0xFFFFFFFF else f"/{rule.mask:#x}"
+    ports = ports_text(rule.first_port, rule.last_port)
+    mask = "" if rule.mask == FULL_MASK else f"/{rule.mask:#x}"
     return f"{rule.vip} {rule.protocol}:{ports} -> mark {rule.mark}{mask}"
 
 
@@ -26,12 +25,27 @@ def _service_text(service: FwmarkService) -> str:
     return f"fwmark {service.mark} {service.family} {s.scheduler}{persistence}: [{servers}]"
 
 
+_JUMPS = re.compile(r"^(?P<where>.*: )?PREROUTING jumps to (?P<chain>\S+) 0 times$")
+
+
+def _fix(detail: str, create: bool) -> str:
+    """``repair DETAIL``, or for a first write ``create THING`` (a newcomer's words)."""
+    jump = _JUMPS.match(detail) if create else None
+    if jump is not None:
+        return f"create {jump['where'] or ''}jump from PREROUTING to {jump['chain']}"
+    if create and detail.endswith(" is missing"):
+        return f"create {detail[: -len(' is missing')]}"
+    return f"repair {detail}"
+
+
 @attrs.frozen
 class Plan:
     """What an apply would do (or did): mark rules and IPVS services to add, change, remove.
 
     ``repair`` lists damage to lvsfw's own packet-filter objects (a chain emptied, the jump
-    deleted...) that rewriting them repairs even when the rules read back are complete.
+    deleted...) that rewriting them repairs even when the rules read back are complete;
+    ``create``: they are absent because lvsfw never wrote this filter (a first apply), so the
+    plan says it creates them.
     ``bool(plan)`` is False when nothing would change; ``str(plan)`` is a readable summary.
     """
 
@@ -42,6 +56,9 @@ class Plan:
     change_services: frozenset[FwmarkService] = frozenset()
     remove_services: frozenset[FwmarkService] = frozenset()
     repair: tuple[str, ...] = ()
+    create: bool = False
+    #: (backend, exact script or argv lines) of each change an apply would send, in order.
+    scripts: tuple[tuple[str, str], ...] = attrs.field(default=(), eq=False)
 
     @classmethod
     def between(
@@ -53,6 +70,7 @@ class Plan:
         want_services: Iterable[FwmarkService],
         *,
         repair: Iterable[str] = (),
+        create: bool = False,
     ) -> Plan:
         """The plan turning the live rules/services into the wanted ones (``repair``: see the
         class)."""
@@ -69,6 +87,7 @@ class Plan:
             ),
             remove_services=frozenset(s for k, s in live_s.items() if k not in want_s),
             repair=tuple(repair),
+            create=create,
         )
 
     @property
@@ -87,7 +106,7 @@ class Plan:
     def __str__(self) -> str:
         if not self:
             return "no changes"
-        lines = [f"{self.firewall}: repair {detail}" for detail in self.repair]
+        lines = [f"{self.firewall}: {_fix(detail, self.create)}" for detail in self.repair]
         sections = [
             (f"{self.firewall}: add", self.add_rules, _rule_text),
             (f"{self.firewall}: remove", self.remove_rules, _rule_text),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module, metadata
 
-from lvsfw.backends.base import Backend
+from lvsfw.backends.base import Backend, PacketFilter, ServiceHalf
 from lvsfw.errors import BackendUnavailable, ValidationError
 
 GROUP = "lvsfw.backends"
@@ -48,3 +48,19 @@ def get(name: str) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendUnavailable(f"backend {name!r} ({target}) is not an lvsfw Backend")
     return cls
+
+
+def packet_filter(name: str, netns: str | None = None) -> PacketFilter:
+    """An instance of the packet-filter backend ``name`` in ``netns``."""
+    cls = get(name)
+    if not issubclass(cls, PacketFilter):
+        raise ValidationError("firewall", name, "a packet-filter backend")
+    return cls(netns=netns)
+
+
+def service_half(name: str, netns: str | None = None) -> ServiceHalf:
+    """An instance of the live service backend ``name`` (the IPVS half) in ``netns``."""
+    cls = get(name)
+    if not issubclass(cls, ServiceHalf):
+        raise ValidationError("ipvs", name, "a live service backend such as 'ipvs'")
+    return cls(netns=netns)

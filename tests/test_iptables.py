@@ -405,7 +405,7 @@ def test_live_apply_idempotent_change_remove(
 ) -> None:
     before = {f: snapshot(live, f) for f in Family}
     spec = specify(bundles_v1())
-    live.check(spec)
+    live.validate(spec)
     live.apply(spec)
     assert normalize(live.read()) == normalize(spec.rules)
     for family in Family:
@@ -476,7 +476,7 @@ def test_live_check_reports_tool_stderr(live: Iptables, monkeypatch: pytest.Monk
     bad = [f"-A {CHAIN} -d 192.0.2.1/32 -p tcp -m tcp --dport 70000 -j MARK --set-mark 1"]
     monkeypatch.setattr(f"{MODULE}.rule_lines", lambda spec, family, ranges_only: bad)
     with pytest.raises(CommandFailed, match="70000") as info:
-        live.check(specify([WEB]))
+        live.validate(specify([WEB]))
     assert "Error occurred at line" in info.value.stderr
 
 

@@ -258,7 +258,7 @@ def test_check_and_reapply_change_nothing(runs: Runs, name: str) -> None:
     run = runs.get(name)
     run.ensure_applied()
     live = run.lab.state()
-    run.backend().check(run.spec)
+    run.backend().validate(run.spec)
     assert run.lab.state() == live, state_diff(live, run.lab.state())
     run.backend().apply(run.spec)
     again = run.lab.state()

@@ -380,11 +380,11 @@ def test_live_masked_marks_come_and_go_with_their_chains(netns: str) -> None:
 @pytest.mark.kernel
 def test_live_check_rejects_without_change(netns: str) -> None:
     backend = Nftables(netns)
-    backend.check(specify([WEB]))  # the table is absent: still only a dry run
+    backend.validate(specify([WEB]))  # the table is absent: still only a dry run
     assert backend.live_state() == LiveState(False)
     backend.apply(specify([WEB]))
     listing = _nft(netns, "list", "ruleset")
-    backend.check(specify([WEB, FTP]))  # valid: accepted, not applied
+    backend.validate(specify([WEB, FTP]))  # valid: accepted, not applied
     vip = ipaddress.ip_address("192.0.2.10")
     overlapping = frozenset(
         {
@@ -393,7 +393,7 @@ def test_live_check_rejects_without_change(netns: str) -> None:
         }
     )
     with pytest.raises(CommandFailed) as failed:
-        backend.check(Specification(overlapping, frozenset()))
+        backend.validate(Specification(overlapping, frozenset()))
     assert failed.value.rc != 0 and failed.value.stderr
     assert "--check" in failed.value.argv and netns in failed.value.argv
     assert _nft(netns, "list", "ruleset") == listing

@@ -226,9 +226,9 @@ def test_foreign_main_set_is_refused_before_any_write(
     before, tables, xt = ns.ipset(name), ns.tables(), ns.xtables(backend)
     spec = specify([V4])
     attempts: list[Callable[[], object]] = [
-        lambda: backend.transaction(spec, backend.live()),
+        lambda: backend.diff(spec, backend.live()),
         lambda: backend.apply(spec),
-        lambda: backend.check(spec),
+        lambda: backend.validate(spec),
     ]
     for attempt in attempts:
         with pytest.raises(ConflictError) as caught:
@@ -305,7 +305,7 @@ def test_foreign_scratch_sets_are_never_destroyed(ns: Ns, flavour: type[Iptables
 @pytest.mark.kernel
 def test_undo_never_destroys_foreign_sets(ns: Ns, flavour: type[Iptables]) -> None:
     backend = flavour(netns=ns.name)
-    change = backend.transaction(specify([V4]), backend.live())
+    change = backend.diff(specify([V4]), backend.live())
     assert change is not None
     backend.commit(change)
     # foreign sets appear on lvsfw's other names before the undo runs
@@ -314,7 +314,7 @@ def test_undo_never_destroys_foreign_sets(ns: Ns, flavour: type[Iptables]) -> No
     ns.sh("ipset", "create", scratch, "hash:ip", "comment")
     ns.sh("ipset", "add", scratch, "198.51.100.7")
     before = {n: ns.ipset(n) for n in (v6, scratch)}
-    backend.commit(change, undo=True)
+    backend.commit(change.inverse)
     assert backend.read() == frozenset()
     assert ns.ipset(_name(flavour, Family.IPV4)) is None  # lvsfw's own set is gone
     assert {n: ns.ipset(n) for n in (v6, scratch)} == before
@@ -393,7 +393,7 @@ TABLES = frozenset({"table:ip mangle", "table:ip6 mangle"})
 
 def _apply_recorded(backend: IptablesNft) -> frozenset[str]:
     """Apply DUAL as the Director does; the objects it would record after the commit."""
-    change = backend.transaction(specify([DUAL]), backend.live())
+    change = backend.diff(specify([DUAL]), backend.live())
     assert change is not None
     created = backend.creates(change)
     backend.commit(change)
@@ -406,7 +406,7 @@ def _apply_recorded(backend: IptablesNft) -> frozenset[str]:
 def test_mangle_tables_lvsfw_created_are_deleted_by_remove(ns: Ns, nft: IptablesNft) -> None:
     assert ns.tables() == []
     nft.owned = frozenset()
-    change = nft.transaction(specify([DUAL]), nft.live())
+    change = nft.diff(specify([DUAL]), nft.live())
     assert change is not None
     created = nft.creates(change)
     sets = {iptowner.set_id(n) for n in iptowner.set_names_of(IptablesNft.set_names)}
@@ -449,7 +449,7 @@ def test_mangle_tables_are_kept_unless_recorded_and_empty(
 def test_a_mangle_table_that_existed_before_is_never_claimed(ns: Ns, nft: IptablesNft) -> None:
     ns.sh("nft", "add", "table", "ip6", "mangle")  # the admin's, before lvsfw's first write
     assert ns.tables() == ["ip6 mangle"]
-    change = nft.transaction(specify([DUAL]), nft.live())
+    change = nft.diff(specify([DUAL]), nft.live())
     assert change is not None
     assert {"table:ip mangle"} == nft.creates(change) & TABLES
     nft.commit(change)
@@ -463,7 +463,7 @@ def test_legacy_creates_and_records_no_tables(ns: Ns) -> None:
     if reason is not None:
         require_kernel(reason)
     backend = IptablesLegacy(netns=ns.name)
-    change = backend.transaction(specify([DUAL]), backend.live())
+    change = backend.diff(specify([DUAL]), backend.live())
     assert change is not None
     assert backend.creates(change) & TABLES == frozenset()
     backend.commit(change)

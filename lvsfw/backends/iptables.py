@@ -17,8 +17,7 @@ for large changes, a whole copy swapped in. Nothing is written when nothing chan
 A set on lvsfw's name it did not create is foreign (:mod:`.iptowner`): never destroyed.
 
 Every method that reads takes ``live=`` (a :class:`Live` from :meth:`Iptables.live`) to use
-instead; the Director reads once per plan, apply and verify through ``observe``,
-``transaction``, ``dry_run`` and ``commit`` (its optional ``Transactional`` interface).
+instead; the Director reads once per plan, apply and verify through the contract's verbs.
 """
 
 from __future__ import annotations
@@ -30,7 +29,9 @@ from typing import ClassVar, Optional
 import attrs
 
 from lvsfw.backends import ipset, iptowner
+from lvsfw.backends.base import Change as BaseChange
 from lvsfw.backends.base import Finding, PacketFilter
+from lvsfw.backends.base import Live as BaseLive
 from lvsfw.backends.iptowner import Change, Live, Writes, set_id, table_id
 from lvsfw.backends.iptsyntax import (
     CHAIN,
@@ -47,13 +48,13 @@ from lvsfw.backends.iptsyntax import (
     set_rule,
 )
 from lvsfw.backends.remarks import native_overrides, xt_overrides
-from lvsfw.command import run
+from lvsfw.command import TOOL_PATH, run
 from lvsfw.enums import Family, Protocol
 from lvsfw.errors import BackendUnavailable
+from lvsfw.rendered import Rendered
 from lvsfw.rules import MarkRule, Specification
 
 INSTALL_HINT = "apt-get install iptables"
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HEADERS = {Family.IPV4: "# iptables", Family.IPV6: "# ip6tables"}
 _SKIPPING = frozenset({"ACCEPT", "DROP", "RETURN"})
 _MARKING = frozenset({"MARK", "CONNMARK"})
@@ -97,9 +98,9 @@ class Iptables(PacketFilter):
         """Raise :class:`BackendUnavailable` when a program or kernel support is missing."""
         for restore, save in cls.binaries.values():
             for program in (restore, save):
-                if shutil.which(program, path=_PATH) is None:
+                if shutil.which(program, path=TOOL_PATH) is None:
                     raise BackendUnavailable(f"{program} not found; {INSTALL_HINT}")
-        if shutil.which("ipset", path=_PATH) is None:
+        if shutil.which("ipset", path=TOOL_PATH) is None:
             raise BackendUnavailable(f"ipset not found; {ipset.INSTALL_HINT}")
         problem = ipset.kernel_problem()
         if problem is not None:
@@ -132,18 +133,26 @@ class Iptables(PacketFilter):
                 lines += ipset.render_lines(self.set_names[family], family, members)
         return "".join(f"{line}\n" for line in lines)
 
-    def render_spec(self, spec: Specification) -> str:
-        """The ipset section (``ipset restore -exist`` input), then each family's
-        ``iptables-restore --noflush`` input, each under a header comment."""
+    def render_parts(self, spec: Specification) -> Rendered:
+        """Always three parts, in loading order (an empty one loads nothing): ``ipset``
+        (``ipset -exist restore`` input), ``iptables`` and ``ip6tables`` (each family's
+        ``iptables-restore --noflush`` input; empty for a family without rules)."""
         families = [f for f in Family if any(r.family == f for r in spec.rules)]
-        parts = [
+        texts = {f: self.family_text(spec, f) if f in families else "" for f in Family}
+        sets = self.ipset_text(spec)
+        sections = [
             "# lvsfw mangle rules: load the ipset section with ipset restore -exist, then each"
             " section once with iptables-restore --noflush (ip6tables-restore for ip6tables)"
         ]
-        sets = self.ipset_text(spec)
-        parts += [f"# ipset\n{sets.rstrip()}"] if sets else []
-        parts += [f"{_HEADERS[f]}\n{self.family_text(spec, f)}" for f in families]
-        return "\n".join(parts) + ("" if families else "\n")
+        sections += [f"# ipset\n{sets.rstrip()}"] if sets else []
+        sections += [f"{_HEADERS[f]}\n{texts[f]}" for f in families]
+        combined = "\n".join(sections) + ("" if families else "\n")
+        parts = [("ipset", sets), *((_HEADERS[f][2:], texts[f]) for f in Family)]
+        return Rendered(tuple(parts), combined)
+
+    def render_spec(self, spec: Specification) -> str:
+        """The parts of :meth:`render_parts`, each non-empty one under a header comment."""
+        return str(self.render_parts(spec))
 
     def parse(self, text: str) -> frozenset[MarkRule]:
         """The mark rules in ``text``: own chains' rules and the members of each own set an
@@ -214,7 +223,7 @@ class Iptables(PacketFilter):
         restore = self.binaries[family][0]
         self._run([restore, "-w", "--noflush", *(["--test"] if test else [])], stdin=text)
 
-    def check(self, spec: Specification, live: Optional[Live] = None) -> None:
+    def validate(self, spec: Specification, live: Optional[Live] = None) -> None:
         """``iptables-restore --test --noflush`` of each family's chain (or, for a family
         without rules, of the removal :meth:`apply` would load); nothing changes.
 
@@ -287,17 +296,21 @@ class Iptables(PacketFilter):
         chains = {family: text for family, text in plans.items() if text is not None}
         return before, chains, after
 
-    def creates(self, change: Change) -> frozenset[str]:
+    def creates(self, change: BaseChange) -> frozenset[str]:
         """Every set ``change`` may create (scratch copies included) and, for iptables-nft,
-        each mangle table its restores create because it does not exist yet."""
-        return iptowner.creates(change.spec, change.live, change.writes)
+        each mangle table its restores create because it does not exist yet (an inverse,
+        planned when sent: every set and table lvsfw may have)."""
+        mine = self.own(change, Change)
+        if mine.live is None or mine.writes is None:
+            return frozenset(set_id(n) for n in iptowner.set_names_of(self.set_names))
+        return iptowner.creates(mine.spec, mine.live, mine.writes)
 
-    def objects(self, live: Optional[Live] = None) -> frozenset[str]:
+    def objects(self, live: Optional[BaseLive] = None) -> frozenset[str]:
         """lvsfw's own sets in ``live``, and the recorded mangle tables still present. None:
         as this backend's last write left them (no read), or read now if it read since."""
         if live is None and self._left is not None:
             return self._left
-        live = live or self.live()
+        live = self.own(live, Live) if live is not None else self.live()
         return frozenset(set_id(n) for n in live.mine) | {
             table_id(f) for f in iptowner.tables_of(live) if self._recorded(table_id(f))
         }
@@ -355,14 +368,17 @@ class Iptables(PacketFilter):
     # -- structure -------------------------------------------------------------------------
 
     def findings(
-        self, spec: Specification, live: Optional[Live] = None, native: Optional[bool] = None
+        self,
+        spec: Specification,
+        live: Optional[BaseLive] = None,
+        thorough: Optional[bool] = None,
     ) -> list[Finding]:
         """Own chain, jump or set missing or damaged, unknown own rules, foreign rules
-        skipping or overriding (through the chains they jump to, too); ``native``: also
+        skipping or overriding (through the chains they jump to, too); ``thorough``: also
         native nf_tables prerouting chains re-marking after mangle (one more listing; default:
         only when ``live`` is not given, so an apply's read costs nothing more)."""
-        native = live is None if native is None else native
-        live = live or self.live()
+        native = live is None if thorough is None else thorough
+        live = self.own(live, Live) if live is not None else self.live()
         everywhere: list[Finding] = []
         for family in sorted({r.family for r in spec.rules}, key=lambda f: f.value):
             found: list[Finding] = []
@@ -406,40 +422,32 @@ class Iptables(PacketFilter):
             for detail, words in xt_overrides(before, after, chain.others, CHAIN)
         ]
 
-    # -- one read per apply (the Director's optional Transactional interface) -----------
+    # -- the contract (lvsfw.backends.base.PacketFilter) -----------------------------------
 
     def observe(self, fast: bool = False) -> Live:
         """The live state, read in full (``fast`` is ignored: nothing proves the tables and
-        sets unchanged since lvsfw's last write without reading them). :class:`Live` has no
-        ``cached`` flag, so the Director always dry-runs a change first: an apply is several
-        transactions (sets, then each family), not one."""
+        sets unchanged since lvsfw's last write without reading them)."""
         return self.live()
 
-    def table_findings(self, spec: Specification, live: Live) -> list[Finding]:
-        """:meth:`findings` from ``live``."""
-        return self.findings(spec, live)
-
-    def inspect(self, spec: Specification) -> tuple[Live, list[Finding]]:
-        """One full read for drift: the live state and its findings."""
-        live = self.live()
-        return live, self.findings(spec, live, native=True)
-
-    def transaction(self, spec: Specification, live: Live) -> Optional[Change]:
+    def diff(self, spec: Specification, live: BaseLive) -> Optional[Change]:
         """The apply of ``spec`` planned against ``live`` (None: nothing to write)."""
-        writes = self._writes(spec, live)
-        return Change(spec, live, writes, self.snapshot(live)) if any(writes) else None
+        mine = self.own(live, Live)
+        writes = self._writes(spec, mine)
+        return Change(spec, mine, writes, self.snapshot(mine)) if any(writes) else None
 
-    def dry_run(self, change: Change) -> None:
-        """:meth:`check` of ``change`` against the state it was planned on."""
-        self.check(change.spec, change.live)
+    def check(self, change: BaseChange) -> None:
+        """``--test`` of ``change``'s chains against the state it was planned on (an inverse:
+        against a fresh read)."""
+        mine = self.own(change, Change)
+        self.validate(mine.spec, mine.live)
 
-    def commit(self, change: Change, undo: bool = False) -> None:
-        """Write ``change``; ``undo``: load back the rules it replaced, from a fresh read (a
-        failed commit may have written its sets and not its chains)."""
-        if undo:
-            self.apply(change.before)
+    def commit(self, change: BaseChange) -> None:
+        """Write ``change``; an inverse is planned on a fresh read now."""
+        mine = self.own(change, Change)
+        if mine.live is None or mine.writes is None:
+            self.apply(mine.spec)
         else:
-            self._write(change.spec, change.live, change.writes)
+            self._write(mine.spec, mine.live, mine.writes)
 
     def boot_files(self, spec: Specification) -> dict[str, str]:
         """``lvsfw.ipset`` (``ipset restore -exist`` input, to load first) and

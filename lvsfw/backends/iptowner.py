@@ -101,13 +101,40 @@ class Live:
 
 @attrs.frozen
 class Change:
-    """An apply planned against ``live`` (``Iptables.transaction``): ``spec`` is what it
-    loads, ``writes`` how, ``before`` the own rules ``live`` held (what its undo loads back)."""
+    """An apply planned against ``live`` (``Iptables.diff``): ``spec`` is what it loads,
+    ``writes`` how, ``before`` the own rules ``live`` held.
+
+    Its :attr:`inverse` loads ``before`` back, planned on a fresh read when it is sent
+    (``live`` and ``writes`` None): an apply is several transactions, and one failing half-way
+    may have written its sets and not its chains. ``str()`` is the exact ipset and restore
+    input sent.
+    """
 
     spec: Specification
-    live: Live
-    writes: Writes
+    live: Optional[Live]
+    writes: Optional[Writes]
     before: Specification
+
+    @property
+    def inverse(self) -> Change:
+        """The reload of the rules this change replaces."""
+        return Change(self.before, None, None, self.spec)
+
+    def __str__(self) -> str:
+        if self.writes is None:
+            return f"# reload of {len(self.spec.rules)} own rules, planned on a fresh read\n"
+        before, chains, after = self.writes
+        parts = [_section("ipset -exist restore", before)] if before else []
+        parts += [f"# {_TOOLS[family]} --noflush\n{text}" for family, text in chains.items()]
+        parts += [_section("ipset -exist restore", after)] if after else []
+        return "".join(parts)
+
+
+_TOOLS = {Family.IPV4: "iptables-restore", Family.IPV6: "ip6tables-restore"}
+
+
+def _section(title: str, lines: list[str]) -> str:
+    return f"# {title}\n" + "".join(f"{line}\n" for line in lines)
 
 
 def set_names_of(set_names: dict[Family, str]) -> list[str]:

@@ -19,20 +19,19 @@ from __future__ import annotations
 import ipaddress
 import shutil
 from collections.abc import Callable, Iterable, Sequence
-from typing import NoReturn, Union
+from typing import Optional, Union
 
 import attrs
 
-from lvsfw.backends.base import ServiceBackend
-from lvsfw.command import run
-from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler
+from lvsfw.backends.base import Change, ServiceHalf, ServiceKey, ServiceLive
+from lvsfw.backends.ipvsdump import Dump, parse_dump, parse_thresholds
+from lvsfw.command import TOOL_PATH, run
+from lvsfw.enums import Family, Forwarding, IPAddress
 from lvsfw.errors import (
     BackendUnavailable,
     CommandFailed,
     ConflictError,
     LvsfwError,
-    ParseError,
-    ValidationError,
     add_note,
 )
 from lvsfw.model import RealServer, VirtualService
@@ -42,9 +41,6 @@ INSTALL_HINT = "apt-get install ipvsadm"
 #: ipvsadm's messages when the kernel has no IPVS (module missing or not loadable).
 NO_SCHEDULER = "Scheduler or persistence engine not found"
 NO_IPVS = ("Protocol not available", "Can't initialize ipvs", "Module ip_vs not found")
-_FLAGS = {"-g": Forwarding.ROUTE, "-m": Forwarding.MASQ, "-i": Forwarding.TUNNEL}
-_FOREIGN = {"-t", "-u", "--sctp-service", "-q", "--tcp-service", "--udp-service"}
-_UNMODELLED = {"--pe", "-b", "-o", "ops", "--ops", "--tun-port", "--tun-nocsum", "--tun-csum"}
 
 #: A service lvsfw may touch: (family, mark), or a bare mark meaning both families.
 OwnedLike = Union[tuple[Family, int], int]
@@ -58,17 +54,6 @@ SpecLike = Union[Specification, Iterable[FwmarkService]]
 def canonical(service: FwmarkService) -> FwmarkService:
     """``service`` as the kernel keeps it (see :meth:`VirtualService.for_family`)."""
     return attrs.evolve(service, service=service.service.for_family(service.family))
-
-
-@attrs.frozen
-class Dump:
-    """What a ``ipvsadm -S`` text holds: the fwmark ``services`` lvsfw can model; the
-    ``foreign`` ``-A`` lines of address:port services (never touched); the ``unmodelled``
-    fwmark services (``--pe``, ``-b``, GUE tunnels, ...) by (family, mark), with the reason."""
-
-    services: frozenset[FwmarkService]
-    foreign: tuple[str, ...] = ()
-    unmodelled: dict[Key, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -123,190 +108,6 @@ def render_services(services: Iterable[FwmarkService]) -> str:
             tun = ("--tun-type", "ipip") if server.forwarding == Forwarding.TUNNEL else ()
             lines.append(("-a", *key, *args[:5], *tun, *args[5:]))
     return "".join(" ".join(line) + "\n" for line in lines)
-
-
-class _Line:
-    """The options of one ``-A``/``-a`` line, consumed as they are interpreted."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.command, *tokens = text.split()
-        self.options: dict[str, str] = {}
-        self.switches: set[str] = set()
-        rest = iter(tokens)
-        for token in rest:
-            if token in {"-6", "-g", "-m", "-i", "-o", "ops", "--ops", "--tun-nocsum"}:
-                self.switches.add(token)
-            elif token.startswith("-") and token not in self.options:
-                self.options[token] = next(rest, "")
-            else:
-                self.fail(f"unexpected {token!r}")
-
-    def fail(self, reason: str) -> NoReturn:
-        raise ParseError("ipvsadm", self.text, reason)
-
-    def number(self, option: str, default: int, low: int = 0, high: int = 2**32 - 1) -> int:
-        """The integer value of ``option`` (``default`` when absent)."""
-        if option not in self.options:
-            return default
-        text = self.options.pop(option)
-        try:
-            value = int(text, 10)
-        except ValueError:
-            self.fail(f"{option} {text!r} is not an integer")
-        if not low <= value <= high:
-            self.fail(f"{option} {value} is not in {low}..{high}")
-        return value
-
-    def unmodelled(self, switches: set[str]) -> str | None:
-        """Why lvsfw cannot model this line's remaining options (None: it can); ``switches``
-        are the option-less flags valid on this line besides the unmodelled ones."""
-        stray = sorted(self.switches - switches - _UNMODELLED)
-        if stray:
-            self.fail(f"unexpected {stray[0]!r}")
-        odd = sorted((set(self.options) | self.switches) & _UNMODELLED)
-        tun = self.options.pop("--tun-type", "ipip")
-        if tun != "ipip":
-            odd.append(f"--tun-type {tun}")
-        rest = sorted(set(self.options) - _UNMODELLED)
-        if rest:
-            self.fail(f"unknown option {rest[0]!r}")
-        return f"uses {', '.join(odd)}" if odd else None
-
-
-def _parse_service(line: _Line) -> tuple[Key, VirtualService | None, str | None]:
-    family, mark = _parse_key(line)
-    scheduler = Scheduler.parse(line.options.pop("-s", "wlc"), "scheduler")
-    persistence = line.number("-p", 0, 1) or None
-    netmask, prefix = 32, 128
-    if "-M" in line.options:
-        if persistence is None:
-            line.fail("-M without -p")
-        if family == Family.IPV6:
-            prefix = line.number("-M", 128, 1, 128)
-        else:
-            try:
-                netmask = ipaddress.IPv4Network(f"0.0.0.0/{line.options.pop('-M')}").prefixlen
-            except ValueError:
-                return (family, mark), None, "uses a non-contiguous -M netmask"
-    reason = line.unmodelled({"-6"})
-    return (family, mark), VirtualService(scheduler, persistence, netmask, prefix), reason
-
-
-def _parse_server(line: _Line, family: Family) -> tuple[RealServer, str | None]:
-    text = line.options.pop("-r", "")
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
-        line.fail(f"-r {text!r} is not ADDRESS:PORT")
-    try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-    except ValueError:
-        line.fail(f"-r {text!r} has no valid address")
-    methods = [_FLAGS[s] for s in ("-g", "-m", "-i") if s in line.switches]
-    if len(methods) > 1:
-        line.fail("more than one forwarding method")
-    server = RealServer(
-        address,
-        weight=line.number("-w", 1, 0, 65535),
-        forwarding=methods[0] if methods else Forwarding.ROUTE,
-        upper_threshold=line.number("-x", 0),
-        lower_threshold=line.number("-y", 0),
-    )
-    reason = line.unmodelled({"-6", "-g", "-m", "-i"})
-    if int(port) != 0:
-        reason = f"has real server {text} with a port"
-    elif Family.of(address) != family:
-        reason = f"has a real server {text} of another family"
-    return server, reason
-
-
-class _Dumper:
-    """Collects the services of a ``ipvsadm -S`` text line by line."""
-
-    def __init__(self) -> None:
-        self.services: dict[Key, VirtualService] = {}
-        self.servers: dict[Key, dict[IPAddress, RealServer]] = {}
-        self.foreign: list[str] = []
-        self.unmodelled: dict[Key, str] = {}
-
-    def service(self, line: _Line) -> None:
-        key, vs, reason = _parse_service(line)
-        if key in self.services or key in self.unmodelled:
-            line.fail("service defined twice")
-        if vs is None or reason:
-            self.unmodelled[key] = reason or "unmodelled"
-        else:
-            self.services[key], self.servers[key] = vs, {}
-
-    def server(self, line: _Line) -> None:
-        key = _parse_key(line)
-        if key in self.unmodelled:
-            return
-        if key not in self.services:
-            line.fail("real server of an undefined service")
-        server, reason = _parse_server(line, key[0])
-        if server.address in self.servers[key]:
-            line.fail("real server defined twice")
-        self.servers[key][server.address] = server
-        if reason:
-            self.unmodelled[key] = reason
-            del self.services[key], self.servers[key]
-
-    def dump(self) -> Dump:
-        found = frozenset(
-            FwmarkService(f, m, attrs.evolve(vs, real_servers=tuple(self.servers[(f, m)].values())))
-            for (f, m), vs in self.services.items()
-        )
-        return Dump(found, tuple(self.foreign), self.unmodelled)
-
-
-def parse_dump(text: str) -> Dump:
-    """Parse ``ipvsadm -S`` output (or :func:`render_services` text); junk is a ParseError."""
-    dumper = _Dumper()
-    for raw in text.splitlines():
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        line = _Line(stripped)
-        if line.command not in {"-A", "-a"}:
-            line.fail("expected -A or -a")
-        if set(line.options) & _FOREIGN:
-            if line.command == "-A":
-                dumper.foreign.append(stripped)
-            continue
-        try:
-            (dumper.service if line.command == "-A" else dumper.server)(line)
-        except ValidationError as exc:
-            raise ParseError("ipvsadm", stripped, str(exc)) from None
-    return dumper.dump()
-
-
-def _parse_key(line: _Line) -> Key:
-    mark = line.number("-f", 0, -(2**31), 2**32 - 1) & 0xFFFFFFFF  # ipvsadm prints %d
-    if mark == 0:
-        line.fail("a fwmark service needs -f 1..4294967295")
-    return (Family.IPV6 if "-6" in line.switches else Family.IPV4, mark)
-
-
-def parse_thresholds(text: str) -> dict[Key, dict[IPAddress, tuple[int, int]]]:
-    """(upper, lower) threshold per real server of each fwmark service, from the output of
-    ``ipvsadm -L -n --thresholds`` (``FWM  80 [IPv6] ...`` then ``  -> ADDR:0 U L A I``)."""
-    found: dict[Key, dict[IPAddress, tuple[int, int]]] = {}
-    current: dict[IPAddress, tuple[int, int]] | None = None
-    for raw in text.splitlines():
-        tokens = raw.split()
-        try:
-            if tokens[:1] == ["FWM"]:
-                family = Family.IPV6 if tokens[2:3] == ["IPv6"] else Family.IPV4
-                current = found.setdefault((family, int(tokens[1]) & 0xFFFFFFFF), {})
-            elif tokens[:1] == ["->"] and tokens[1] != "RemoteAddress:Port" and current is not None:
-                host = tokens[1].rpartition(":")[0].strip("[]")
-                current[ipaddress.ip_address(host)] = (int(tokens[2]), int(tokens[3]))
-            elif tokens and tokens[0] in {"TCP", "UDP", "SCTP"}:
-                current = None
-        except (IndexError, ValueError):
-            raise ParseError("ipvsadm --thresholds", raw, "unexpected line") from None
-    return found
 
 
 def _owned(owned: Iterable[OwnedLike]) -> set[Key]:
@@ -383,7 +184,7 @@ def _services(spec: SpecLike) -> frozenset[FwmarkService]:
     return spec.services if isinstance(spec, Specification) else frozenset(spec)
 
 
-class Ipvs(ServiceBackend):
+class Ipvs(ServiceHalf):
     """IPVS fwmark services through ``ipvsadm``.
 
     ``ipvsadm`` is the program to run (a path, so tests can use a double); ``runner``, if
@@ -402,7 +203,7 @@ class Ipvs(ServiceBackend):
     @classmethod
     def available(cls) -> None:
         """Raise :class:`BackendUnavailable` if ``ipvsadm`` is not installed."""
-        if shutil.which("ipvsadm", path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin") is None:
+        if shutil.which("ipvsadm", path=TOOL_PATH) is None:
             raise BackendUnavailable(f"ipvsadm not found; {INSTALL_HINT}")
 
     def render_spec(self, spec: Specification) -> str:
@@ -479,6 +280,36 @@ class Ipvs(ServiceBackend):
             raise
         return [[self.ipvsadm, *argv] for argv in _inverse(done)]
 
+    # -- the contract (lvsfw.backends.base.ServiceHalf) ------------------------------------
+
+    def observe(self, keys: frozenset[ServiceKey]) -> Dump:
+        """The live table (:meth:`read_dump`); not read at all when lvsfw neither owns nor
+        wants a service (a marks-only state needs no IPVS on the host)."""
+        return self.read_dump() if keys else Dump(frozenset())
+
+    def diff(
+        self, spec: Specification, live: ServiceLive, owned: frozenset[ServiceKey]
+    ) -> tuple[Optional[Steps], Optional[Steps]]:
+        """(adds and edits, run before the marks; deletions of whole services, after)."""
+        steps = diff(self.own(live, Dump), spec.services, owned)
+        first = tuple(s for s in steps if s.argv[0] != "-D")
+        last = tuple(s for s in steps if s.argv[0] == "-D")
+        return (Steps(self.ipvsadm, first) if first else None), (
+            Steps(self.ipvsadm, last) if last else None
+        )
+
+    def commit(self, change: Change) -> None:
+        """Run ``change``'s steps; if one fails, undo the ones done, then raise."""
+        done: list[Step] = []
+        try:
+            for step in self.own(change, Steps).steps:
+                self.run(step.argv)
+                done.append(step)
+        except LvsfwError as exc:
+            for failure in self._undo(_inverse(done)):
+                add_note(exc, f"rollback step failed: {failure}")
+            raise
+
     def remove(self, owned: Iterable[OwnedLike]) -> Plan:
         """Delete the live services of ``owned`` (family, mark)s; return the undo argv lists."""
         return self.apply(frozenset(), owned)
@@ -497,6 +328,24 @@ class Ipvs(ServiceBackend):
             except LvsfwError as exc:
                 failures.append(exc)
         return failures
+
+
+@attrs.frozen
+class Steps:
+    """ipvsadm calls as one change (:class:`lvsfw.backends.base.Change`): ``str()`` is the
+    argv lines, ``inverse`` the calls undoing them, in reverse order."""
+
+    ipvsadm: str
+    steps: tuple[Step, ...]
+
+    @property
+    def inverse(self) -> Steps:
+        """The calls undoing these."""
+        undo = [Step(argv, ()) for argv in _inverse(self.steps)]
+        return Steps(self.ipvsadm, tuple(undo))
+
+    def __str__(self) -> str:
+        return "".join(" ".join((self.ipvsadm, *s.argv)) + "\n" for s in self.steps)
 
 
 def _inverse(done: Sequence[Step]) -> list[Argv]:

@@ -32,7 +32,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
-from lvsfw.backends.base import Finding, PacketFilter
+from lvsfw.backends.base import Change as Change_
+from lvsfw.backends.base import Finding, Live, PacketFilter
 from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, written
 from lvsfw.backends.nftgen import Generation, generation
 from lvsfw.backends.nftsyntax import (
@@ -59,6 +60,7 @@ from lvsfw.backends.nftsyntax import (
 from lvsfw.backends.remarks import Words, command, nft_overrides
 from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.netns import call_in_netns
+from lvsfw.ports import ports_text
 from lvsfw.rules import MarkRule, Specification
 
 
@@ -130,7 +132,7 @@ class Nftables(PacketFilter):
                 address = texts.get(vip)
                 if address is None:
                     address = texts[vip] = str(vip)
-                ports = str(lo) if lo == hi else f"{lo}-{hi}"
+                ports = ports_text(lo, hi)
                 datum = f"{value:#010x}" if isinstance(value, int) else f"goto {value}"
                 items.append(f"{address} . {PROTO_NAME[proto]} . {ports} : {datum}")
             if items:
@@ -207,16 +209,33 @@ class Nftables(PacketFilter):
         """The live table: rules, and every departure from lvsfw's layout (for drift)."""
         return self.observe()
 
-    def read(self) -> frozenset[MarkRule]:
-        """The mark rules the live table applies (empty when it is absent)."""
-        return self.observe().rules
+    atomic = True
 
-    def table_findings(self, spec: Specification, live: LiveState) -> list[Finding]:
-        """The own table missing or departing from lvsfw's layout, as ``live`` shows it."""
-        found = [Finding(f"table {FAMILY} {TABLE}: {p}") for p in live.problems]
-        if not live.exists and spec.rules:
+    def cached(self, live: Live) -> bool:
+        """Whether ``live`` is what lvsfw's own last commit wrote (not read from the kernel)."""
+        return self.own(live, LiveState).cached
+
+    def findings(
+        self, spec: Specification, live: Optional[Live] = None, thorough: Optional[bool] = None
+    ) -> list[Finding]:
+        """The own table missing or departing from lvsfw's layout, as ``live`` shows it;
+        ``thorough``: also foreign prerouting chains that re-mark packets.
+
+        A foreign base chain on the prerouting hook at lvsfw's priority (mangle, -150) or later
+        that sets ``meta mark``, itself or in a chain it jumps or goes to, may override the
+        bundles' marks. (An ``accept`` elsewhere does not skip lvsfw's chain: every base chain
+        of a hook sees the packet.)
+        """
+        deep = live is None if thorough is None else thorough
+        table = self.own(live, LiveState) if live is not None else self.observe()
+        found = [Finding(f"table {FAMILY} {TABLE}: {p}") for p in table.problems]
+        if not table.exists and spec.rules:
             found.append(Finding(f"table {FAMILY} {TABLE} is missing"))
-        return found
+        return found + (self._in_netns(self._foreign) if deep else [])
+
+    def diff(self, spec: Specification, live: Live) -> Optional[Change]:
+        """The transaction turning ``live`` into ``spec`` (see :meth:`transaction`)."""
+        return self.transaction(spec, self.own(live, LiveState))
 
     def transaction(
         self, spec: Specification, live: LiveState, drop_empty: bool = True
@@ -247,43 +266,46 @@ class Nftables(PacketFilter):
             return {"nftables": [{"delete": TABLE_OBJ}]}
         return full_table(Target.of(live.rules), True)
 
-    def dry_run(self, change: Change) -> None:
+    def check(self, change: Change_) -> None:
         """Have libnftables and the kernel validate ``change`` (nothing is committed)."""
+        forward = self.own(change, Change).forward
 
         def work(ctx: Context) -> None:
             ctx.set_dry_run(True)
-            ctx.json(change.forward, self._argv("--check", "-j", "-f", "-"))
+            ctx.json(forward, self._argv("--check", "-j", "-f", "-"))
 
         self._in_netns(work)
 
-    def commit(self, change: Change, undo: bool = False) -> None:
-        """Send ``change`` (``undo``: its inverse) as one atomic transaction.
+    def commit(self, change: Change_) -> None:
+        """Send ``change`` as one atomic transaction.
 
         Remembers what the table holds afterwards, keyed by the nf_tables generation, when
-        the generation moved by exactly this one commit (see :meth:`observe`).
+        the generation moved by exactly this one commit and the result is known (not an
+        undo; see :meth:`observe`).
         """
-        transaction = change.inverse if undo else change.forward
+        mine = self.own(change, Change)
 
         def work(ctx: Context) -> None:
             self._written = None
             before = generation()
-            ctx.json(transaction, self._argv("-j", "-f", "-"))
+            ctx.json(mine.forward, self._argv("-j", "-f", "-"))
             after = generation()
-            if before is None or after is None or after != (before[0], before[1] + 1) or undo:
+            if before is None or after is None or after != (before[0], before[1] + 1):
                 return
-            self._written = (after, written(change.target))
+            if mine.target is not None:
+                self._written = (after, written(mine.target))
 
         self._in_netns(work)
-        self.last_transaction = transaction
+        self.last_transaction = mine.forward
 
     def plan(self, spec: Specification) -> Optional[Json]:
         """The transaction :meth:`apply` would send now (None: nothing to write)."""
         change = self.transaction(spec, self.observe())
         return None if change is None else change.forward
 
-    def check(self, spec: Specification) -> None:
+    def validate(self, spec: Specification) -> None:
         """Have libnftables and the kernel validate replacing the table by ``spec`` (dry run)."""
-        self.dry_run(Change(self.render_json(spec, replace=True), {}, None))
+        self.check(Change(self.render_json(spec, replace=True), {}, None))
 
     def apply(self, spec: Specification) -> None:
         """Make the table equal ``spec`` in one transaction: only the difference, or nothing."""
@@ -304,25 +326,6 @@ class Nftables(PacketFilter):
             return items if isinstance(items, list) else []
 
         return nft_overrides(read, frozenset({(FAMILY, TABLE)}))
-
-    def inspect(self, spec: Specification) -> tuple[LiveState, list[Finding]]:
-        """One full read for drift: the live table, and every finding :meth:`findings` gives."""
-
-        def work(ctx: Context) -> tuple[LiveState, list[Finding]]:
-            live = self._live(ctx)
-            return live, self.table_findings(spec, live) + self._foreign(ctx)
-
-        return self._in_netns(work)
-
-    def findings(self, spec: Specification) -> list[Finding]:
-        """The own table missing or altered; foreign prerouting chains that re-mark packets.
-
-        A foreign base chain on the prerouting hook at lvsfw's priority (mangle, -150) or later
-        that sets ``meta mark``, itself or in a chain it jumps or goes to, may override the
-        bundles' marks. (An ``accept`` elsewhere does not skip lvsfw's chain: every base chain
-        of a hook sees the packet.)
-        """
-        return self.inspect(spec)[1]
 
     def remove(self) -> None:
         """Delete table inet lvsfw if it exists; nothing else is touched."""

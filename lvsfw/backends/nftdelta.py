@@ -3,6 +3,7 @@ inverse change) between two states, as libnftables JSON. Pure: no I/O."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Optional
 
@@ -84,11 +85,24 @@ class Target:
 
 @attrs.frozen
 class Change:
-    """A transaction, the one undoing it, and what the table holds after it (None: no table)."""
+    """One libnftables JSON transaction as a value (:class:`lvsfw.backends.base.Change`).
+
+    ``forward`` is what :meth:`Nftables.commit` sends, ``backward`` the transaction undoing
+    it, ``target`` what the table holds after ``forward`` (None: no table, or unknown: an
+    undo, whose result lvsfw does not cache). ``str()`` is the exact JSON sent.
+    """
 
     forward: Json
-    inverse: Json
+    backward: Json
     target: Optional[Target]
+
+    @property
+    def inverse(self) -> Change:
+        """The transaction putting back what this one replaces."""
+        return Change(self.backward, self.forward, None)
+
+    def __str__(self) -> str:
+        return json.dumps(self.forward, sort_keys=True)
 
 
 def full_table(target: Target, replace: bool = False) -> Json:
