@@ -79,15 +79,18 @@ class TestNftablesContract(PacketFilterContract):
 
 def test_seed_renders_exact_script() -> None:
     elements = {
-        "mark4": ["192.0.2.10 . tcp . 80 : 0x00000050", "192.0.2.10 . tcp . 443 : 0x00000050"]
+        "mark4": [
+            '192.0.2.10 . tcp . 80 comment "web" : 0x00000050',
+            '192.0.2.10 . tcp . 443 comment "web" : 0x00000050',
+        ]
     }
     assert Nftables().render([WEB]) == expected(elements)
 
 
 def test_ftp_range_renders_an_interval() -> None:
     elements = {
-        "mark4": ["192.0.2.21 . tcp . 21 : 0x00000015"],
-        "markrange4": ["192.0.2.21 . tcp . 10000-20000 : 0x00000015"],
+        "mark4": ['192.0.2.21 . tcp . 21 comment "ftp" : 0x00000015'],
+        "markrange4": ['192.0.2.21 . tcp . 10000-20000 comment "ftp" : 0x00000015'],
     }
     assert Nftables().render([FTP]) == expected(elements)
 
@@ -96,10 +99,16 @@ def test_ipv6_udp_sctp_render_in_their_maps() -> None:
     dual = Bundle("dns", ["2001:db8::53", "192.0.2.53"], "udp:53 sctp:2905-2906 tcp:53", 0x35)
     elements = {
         # a hash map lists by key bytes, little-endian: port (bytes swapped), protocol, address
-        "mark4": ["192.0.2.53 . tcp . 53 : 0x00000035", "192.0.2.53 . udp . 53 : 0x00000035"],
-        "markrange4": ["192.0.2.53 . sctp . 2905-2906 : 0x00000035"],
-        "mark6": ["2001:db8::53 . tcp . 53 : 0x00000035", "2001:db8::53 . udp . 53 : 0x00000035"],
-        "markrange6": ["2001:db8::53 . sctp . 2905-2906 : 0x00000035"],
+        "mark4": [
+            '192.0.2.53 . tcp . 53 comment "dns" : 0x00000035',
+            '192.0.2.53 . udp . 53 comment "dns" : 0x00000035',
+        ],
+        "markrange4": ['192.0.2.53 . sctp . 2905-2906 comment "dns" : 0x00000035'],
+        "mark6": [
+            '2001:db8::53 . tcp . 53 comment "dns" : 0x00000035',
+            '2001:db8::53 . udp . 53 comment "dns" : 0x00000035',
+        ],
+        "markrange6": ['2001:db8::53 . sctp . 2905-2906 comment "dns" : 0x00000035'],
     }
     assert Nftables().render([dual]) == expected(elements)
 
@@ -109,10 +118,10 @@ def test_masked_marks_jump_to_a_chain_that_keeps_the_other_bits() -> None:
     exact = Bundle("exact", "192.0.2.31", "tcp:80", "0x5/0x5")
     elements = {
         "masked4": [
-            "192.0.2.30 . udp . 53 : goto mark-00000051-000000ff",
-            "192.0.2.31 . tcp . 80 : goto mark-00000005-00000005",
+            '192.0.2.30 . udp . 53 comment "low" : goto mark-00000051-000000ff',
+            '192.0.2.31 . tcp . 80 comment "exact" : goto mark-00000005-00000005',
         ],
-        "masked6": ["2001:db8::30 . udp . 53 : goto mark-00000051-000000ff"],
+        "masked6": ['2001:db8::30 . udp . 53 comment "low" : goto mark-00000051-000000ff'],
     }
     chains = {
         # nft folds the mark's bits into the AND operand: & (~0xff | 0x51) | 0x51
@@ -131,8 +140,8 @@ def test_render_json_seed() -> None:
     assert commands[0] == {"add": {"table": {"family": "inet", "name": "lvsfw"}}}
     maps = {c["add"]["map"]["name"]: c["add"]["map"] for c in commands if "map" in c["add"]}
     assert maps["mark4"]["elem"] == [
-        [{"concat": ["192.0.2.10", "tcp", 80]}, 80],
-        [{"concat": ["192.0.2.10", "tcp", 443]}, 80],
+        [{"elem": {"val": {"concat": ["192.0.2.10", "tcp", 80]}, "comment": "web"}}, 80],
+        [{"elem": {"val": {"concat": ["192.0.2.10", "tcp", 443]}, "comment": "web"}}, 80],
     ]
     assert maps["mark4"]["type"] == ["ipv4_addr", "inet_proto", "inet_service"]
     assert "flags" not in maps["mark4"]
@@ -153,7 +162,7 @@ def test_render_json_seed() -> None:
 def test_render_json_range_and_mask() -> None:
     tx = Nftables().render_json(specify([FTP, Bundle("m", "192.0.2.9", "udp:9", "0x100/0xf00")]))
     text = json.dumps(tx)
-    assert '{"concat": ["192.0.2.21", "tcp", {"range": [10000, 20000]}]}, 21]' in text
+    assert '{"concat": ["192.0.2.21", "tcp", {"range": [10000, 20000]}]}, "comment": "ftp"}' in text
     assert '{"goto": {"target": "mark-00000100-00000f00"}}' in text
     rule = f'{{"|": [{{"&": [{{"meta": {{"key": "mark"}}}}, {0xFFFFF1FF}]}}, 256]}}'
     assert rule in text  # 0xfffff1ff | 0x100: keep all bits but 0xf00, then set 0x100
@@ -347,7 +356,8 @@ def test_live_apply_read_diff_remove(netns: str, monkeypatch: pytest.MonkeyPatch
             {"delete": nftsyntax.table_object("element", name="mark4", elem=[
                 {"concat": ["192.0.2.10", "tcp", 443]}])},
             {"add": nftsyntax.table_object("element", name="mark4", elem=[
-                [{"concat": ["192.0.2.10", "tcp", 8443]}, 80]])},
+                [{"elem": {"val": {"concat": ["192.0.2.10", "tcp", 8443]},
+                           "comment": "web"}}, 80]])},
         ]
     }  # fmt: skip
     assert backend.read() == normalize(specify([web2, FTP]).rules)

@@ -36,6 +36,7 @@ from lvsfw.backends.base import Change as Change_
 from lvsfw.backends.base import Finding, Live, PacketFilter
 from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, written
 from lvsfw.backends.nftgen import Generation, generation
+from lvsfw.backends.nftparse import LiveState, Table, analyse, parse_json_table, parse_text
 from lvsfw.backends.nftsyntax import (
     FAMILY,
     INSTALL_HINT,
@@ -46,15 +47,11 @@ from lvsfw.backends.nftsyntax import (
     TABLE,
     TABLE_OBJ,
     Json,
-    LiveState,
     T,
-    Table,
-    analyse,
     kept_bits,
     map_type,
     mark_line,
-    parse_json_table,
-    parse_text,
+    paused_gc,
     sorted_elements,
 )
 from lvsfw.backends.remarks import Words, command, nft_overrides
@@ -118,9 +115,11 @@ class Nftables(PacketFilter):
         """``work`` with a libnftables context created in this backend's namespace."""
         return call_in_netns(self.netns, lambda: work(Context()))
 
+    @paused_gc()
     def render_spec(self, spec: Specification) -> str:
-        """The ``nft -f`` script of the whole table, in the format ``nft list`` prints."""
-        target = Target.of(spec.rules)
+        """The ``nft -f`` script of the whole table, in the format ``nft list`` prints (each
+        element commented with its bundle's name)."""
+        target = Target.of(spec.rules, spec.owners)
         content, chains = target.content, target.chains
         blocks = []
         texts: dict[object, str] = {}
@@ -128,13 +127,14 @@ class Nftables(PacketFilter):
             flags = "\t\tflags interval\n" if interval else ""
             head = f"\tmap {name} {{\n\t\ttype {map_type(family, kind)}\n{flags}"
             items = []
-            for (vip, proto, lo, hi), value in sorted_elements(content[name], interval):
+            for (vip, proto, lo, hi), (value, note) in sorted_elements(content[name], interval):
                 address = texts.get(vip)
                 if address is None:
                     address = texts[vip] = str(vip)
                 ports = ports_text(lo, hi)
                 datum = f"{value:#010x}" if isinstance(value, int) else f"goto {value}"
-                items.append(f"{address} . {PROTO_NAME[proto]} . {ports} : {datum}")
+                said = "" if note is None else f' comment "{note}"'
+                items.append(f"{address} . {PROTO_NAME[proto]} . {ports}{said} : {datum}")
             if items:
                 head += "\t\telements = { " + ",\n\t\t\t     ".join(items) + " }\n"
             blocks.append(head + "\t}")
@@ -147,18 +147,29 @@ class Nftables(PacketFilter):
 
     def render_json(self, spec: Specification, replace: bool = False) -> Json:
         """The libnftables JSON creating the whole table (``replace``: deleting it first)."""
-        return full_table(Target.of(spec.rules), replace)
+        return full_table(Target.of(spec.rules, spec.owners), replace)
 
     def parse(self, text: str) -> frozenset[MarkRule]:
         """The mark rules of table inet lvsfw in a rendered script or ``nft list`` output."""
-        return self._rules(parse_text, text)
+        return self._rules(parse_text, text).rules
 
     def parse_json(self, obj: object) -> frozenset[MarkRule]:
         """The mark rules of table inet lvsfw in ``nft -j list`` output (a decoded object)."""
-        return self._rules(parse_json_table, obj)
+        return self._rules(parse_json_table, obj).rules
+
+    def parse_spec(self, text: str) -> Specification:
+        """:meth:`parse`, with each rule's bundle name (its element's comment) as owner."""
+        state = self._rules(parse_text, text)
+        return Specification(state.rules, frozenset(), state.owners())
+
+    def parse_json_spec(self, obj: object) -> Specification:
+        """:meth:`parse_json`, with each rule's bundle name (its element's comment) as owner."""
+        state = self._rules(parse_json_table, obj)
+        return Specification(state.rules, frozenset(), state.owners())
 
     @staticmethod
-    def _rules(parse: Callable[[Any], Optional[Table]], source: Any) -> frozenset[MarkRule]:
+    @paused_gc()
+    def _rules(parse: Callable[[Any], Optional[Table]], source: Any) -> LiveState:
         try:
             table = parse(source)
             state = LiveState(False) if table is None else analyse(table)
@@ -168,7 +179,7 @@ class Nftables(PacketFilter):
             raise ParseError("nftables", str(source)[:80], f"not nft syntax ({exc})") from exc
         if state.unresolved:
             raise ParseError("nftables", state.unresolved[0], "an element whose mark is unknown")
-        return state.rules
+        return state
 
     def _exists(self, ctx: Context) -> bool:
         command = {"nftables": [{"list": {"tables": {"family": FAMILY}}}]}
@@ -179,6 +190,7 @@ class Nftables(PacketFilter):
             if "table" in item
         ]
 
+    @paused_gc()
     def _live(self, ctx: Context) -> LiveState:
         if not self._exists(ctx):
             return LiveState(False)
@@ -204,6 +216,14 @@ class Nftables(PacketFilter):
             return self._live(ctx)
 
         return self._in_netns(work)
+
+    def snapshot(self, live: Optional[Live] = None) -> Specification:
+        """The live rules with their bundle names (element comments) as owners, a
+        specification :meth:`apply` can restore. ``live``: as :meth:`observe` read it (None:
+        observe now; lvsfw's own last commit counts while nothing was committed since, which
+        carries the names it wrote)."""
+        state = self.own(live, LiveState) if live is not None else self.observe(fast=True)
+        return Specification(state.rules, frozenset(), state.owners())
 
     def live_state(self) -> LiveState:
         """The live table: rules, and every departure from lvsfw's layout (for drift)."""
@@ -247,7 +267,7 @@ class Nftables(PacketFilter):
         rules ``live`` held. ``drop_empty``: an empty ``spec`` deletes the table (else it
         leaves the empty skeleton).
         """
-        target = Target.of(spec.normalized)
+        target = Target.of(spec.normalized, spec.owners)
         if drop_empty and not spec.rules:
             if not live.exists:
                 return None
@@ -256,7 +276,7 @@ class Nftables(PacketFilter):
             return Change(full_table(target, live.exists), self._restore(live), target)
         have = live.target
         if have is None:
-            have = Target(live.rules, live.content, live.chains)
+            have = Target(live.rules, live.content, live.chains, live.names)
         both = deltas(have, target)
         return None if both is None else Change(*both, target)
 
@@ -264,7 +284,7 @@ class Nftables(PacketFilter):
     def _restore(live: LiveState) -> Json:
         if not live.exists:
             return {"nftables": [{"delete": TABLE_OBJ}]}
-        return full_table(Target.of(live.rules), True)
+        return full_table(Target.of(live.rules, live.owners()), True)
 
     def check(self, change: Change_) -> None:
         """Have libnftables and the kernel validate ``change`` (nothing is committed)."""

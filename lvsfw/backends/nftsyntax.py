@@ -1,22 +1,26 @@
-"""The nftables backend's syntax: table layout, JSON building blocks, and parsers.
+"""The nftables backend's syntax: table layout and the JSON building blocks lvsfw sends.
 
-Everything here is pure: it builds the libnftables JSON lvsfw sends and reads back both the
-``nft list`` text and the ``nft -j list`` JSON of table ``inet lvsfw`` (see
-:mod:`lvsfw.backends.nftables` for the layout).
+Everything here is pure. :mod:`lvsfw.backends.nftparse` reads both the ``nft list`` text and
+the ``nft -j list`` JSON of table ``inet lvsfw`` back (see :mod:`lvsfw.backends.nftables` for
+the layout).
+
+Each map element carries the name of the bundle it comes from as its comment
+(``192.0.2.10 . tcp . 80 comment "web" : 0x00000050``; in libnftables JSON the key is wrapped
+as ``{"elem": {"val": KEY, "comment": "web"}}``). The comment is part of the element: nft
+keeps an element's first comment when the same key is added again, so a renamed bundle's
+elements are deleted and added again in one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import ipaddress
+import gc
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional, TypeVar, Union
 
-import attrs
-
 from lvsfw.enums import Family, IPAddress, Protocol
-from lvsfw.errors import ParseError
 from lvsfw.model import FULL_MASK
 from lvsfw.rules import MarkRule, normalize
 
@@ -30,8 +34,10 @@ HOOK = ("filter", "prerouting", "-150", "accept")
 Key = tuple[IPAddress, Protocol, int, int]
 #: A map datum: a mark (``markN``) or the name of a mark chain (``maskedN``).
 Value = Union[int, str]
+#: A map element's datum and comment (the bundle name; None: no comment).
+Entry = tuple[Value, Optional[str]]
 Json = dict[str, Any]
-Content = dict[str, dict[Key, Value]]
+Content = dict[str, dict[Key, Entry]]
 T = TypeVar("T")
 
 #: map name -> (family, datum kind, interval): the skeleton's maps. Single ports live in
@@ -46,13 +52,10 @@ MAPS: dict[str, tuple[Family, str, bool]] = {
 ADDR = {Family.IPV4: ("ip", "ipv4_addr"), Family.IPV6: ("ip6", "ipv6_addr")}
 #: Protocol -> its name (``Enum.value`` is a slow descriptor in hot loops)
 PROTO_NAME = {p: p.value for p in Protocol}
-_PROTOCOLS = {**{p.value: p for p in Protocol}, **{str(p.number): p for p in Protocol}}
-_CHAIN = re.compile(r"^mark-([0-9a-f]{8})-([0-9a-f]{8})$")
-_NUMBER = r"(0x[0-9a-f]{1,8}|[1-9][0-9]{0,9})"
-_MARK_LINE = re.compile(rf"^meta mark set meta mark(?: & {_NUMBER})? \| {_NUMBER}$")
-_HOOK_LINE = re.compile(r"^type (\S+) hook (\S+)(?: device \S+)? priority (\S+)$")
-_TOKEN = re.compile(r'"[^"]*"|#[^\n]*|[;\n{}]|[^"#;\n{}]+|"')
-_META_MARK = {"meta": {"key": "mark"}}
+#: What lvsfw writes as an element comment: a bundle name's characters (nft keeps at most
+#: 128 bytes of a comment).
+_COMMENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+META_MARK = {"meta": {"key": "mark"}}
 TABLE_OBJ = {"table": {"family": FAMILY, "name": TABLE}}
 PARSE_ERRORS = (ValueError, LookupError, TypeError, AttributeError)
 
@@ -68,9 +71,9 @@ def mark_line(keep: int, mark: int) -> str:
     return f"meta mark set meta mark{kept} | {mark:#010x}"
 
 
-def _mark_json(keep: int, mark: int) -> list[Json]:
-    left: object = _META_MARK if keep == FULL else {"&": [_META_MARK, keep]}
-    return [{"mangle": {"key": _META_MARK, "value": {"|": [left, mark]}}}]
+def mark_json(keep: int, mark: int) -> list[Json]:
+    left: object = META_MARK if keep == FULL else {"&": [META_MARK, keep]}
+    return [{"mangle": {"key": META_MARK, "value": {"|": [left, mark]}}}]
 
 
 def _lookup(name: str) -> tuple[str, list[Json]]:
@@ -83,7 +86,7 @@ def _lookup(name: str) -> tuple[str, list[Json]]:
     if masked:
         return f"{text} vmap @{name}", [{"vmap": {"key": key, "data": f"@{name}"}}]
     value = {"map": {"key": key, "data": f"@{name}"}}
-    mangle = {"mangle": {"key": _META_MARK, "value": value}}
+    mangle = {"mangle": {"key": META_MARK, "value": value}}
     return f"meta mark set {text} map @{name} accept", [mangle, {"accept": None}]
 
 
@@ -92,40 +95,32 @@ def _lookup(name: str) -> tuple[str, list[Json]]:
 SKELETON = tuple(_lookup(name) for name in MAPS)
 
 
-def _rule_line(expr: Any) -> str:
-    """A rule's JSON expressions as the text nft prints (raw JSON when unknown)."""
-    for text, known in SKELETON:
-        if expr == known:
-            return text
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Build or read a whole table without the cyclic garbage collector (also a decorator).
+
+    A 10,000-bundle table is some 200,000 small acyclic containers; allocating them sets off
+    full collections again and again, which cost more than the building itself. The
+    collector is back as it was afterwards and finds nothing of ours to free.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        left, mark = expr[0]["mangle"]["value"]["|"]
-        keep = FULL if left == _META_MARK else left["&"][1]
-        if isinstance(mark, int) and isinstance(keep, int) and expr == _mark_json(keep, mark):
-            return mark_line(keep, mark)
-    except PARSE_ERRORS:
-        pass
-    return f"json {expr!r}"
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def note(name: Optional[str]) -> Optional[str]:
+    """``name`` as an element comment: None when absent or not made of a bundle name's
+    characters (which bundle names always are: anything else is left uncommented)."""
+    return name if name is not None and _COMMENT.fullmatch(name) else None
 
 
 def map_type(family: Family, kind: str) -> str:
     return f"{ADDR[family][1]} . inet_proto . inet_service : {kind}"
-
-
-def _key(address: object, protocol: object, first: object, last: object) -> Key:
-    """A map key from its parsed parts; ParseError (or ValueError) when a part is invalid."""
-    proto = _PROTOCOLS.get(str(protocol))
-    if proto is None or not isinstance(address, str):
-        raise ParseError("nftables", f"{address} . {protocol}", "expected ADDRESS . tcp|udp|sctp")
-    lo, hi = int(str(first)), int(str(last))
-    if not 1 <= lo <= hi <= 65535:
-        raise ParseError("nftables", f"{first}-{last}", "expected ports 1..65535, first <= last")
-    return (_address(address), proto, lo, hi)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _address(text: str) -> IPAddress:
-    """A parsed address (a listing repeats each VIP once per port: parse it once)."""
-    return ipaddress.ip_address(text)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -133,7 +128,7 @@ def _address_text(address: IPAddress) -> str:
     return str(address)
 
 
-def _hash_order(kv: tuple[Key, Value]) -> tuple[int, int, int]:
+def _hash_order(kv: tuple[Key, Entry]) -> tuple[int, int, int]:
     """nft lists a hash map's elements by the key's bytes read as one little-endian number
     (last byte most significant): port bytes swapped, then protocol, then address bytes."""
     address, protocol, port = kv[0][0], kv[0][1], kv[0][2]
@@ -149,12 +144,12 @@ def _little(address: IPAddress) -> int:
     return int.from_bytes(address.packed, "little")
 
 
-def _interval_order(kv: tuple[Key, Value]) -> tuple[int, int, str, int, int]:
+def _interval_order(kv: tuple[Key, Entry]) -> tuple[int, int, str, int, int]:
     key = kv[0]
     return (key[0].version, int(key[0]), PROTO_NAME[key[1]], key[2], key[3])
 
 
-def sorted_elements(elements: dict[Key, Value], interval: bool) -> list[tuple[Key, Value]]:
+def sorted_elements(elements: dict[Key, Entry], interval: bool) -> list[tuple[Key, Entry]]:
     """``elements`` in the order ``nft list`` prints them for that kind of map."""
     return sorted(elements.items(), key=_interval_order if interval else _hash_order)
 
@@ -183,15 +178,26 @@ def table_object(kind: str, **fields: object) -> Json:
 
 
 def add_mark_chain(name: str, mark: int, mask: int) -> list[Json]:
-    rule = table_object("rule", chain=name, expr=_mark_json(kept_bits(mark, mask), mark))
+    rule = table_object("rule", chain=name, expr=mark_json(kept_bits(mark, mask), mark))
     return [{"add": table_object("chain", name=name)}, {"add": rule}]
 
 
-def element_list(items: list[tuple[Key, Value]], data: bool = True) -> list[object]:
-    return [[_key_json(k), _value_json(v)] if data else _key_json(k) for k, v in items]
+def _elem_json(key: Key, comment: Optional[str]) -> Json:
+    """An element's key, wrapped with its comment when it has one."""
+    if comment is None:
+        return _key_json(key)
+    return {"elem": {"val": _key_json(key), "comment": comment}}
 
 
-def elements(verb: str, name: str, items: list[tuple[Key, Value]], data: bool) -> list[Json]:
+def element_list(items: list[tuple[Key, Entry]], data: bool = True) -> list[object]:
+    """``items`` as libnftables JSON: ``[KEY, DATUM]`` pairs (the key wrapped with its
+    comment), or bare keys without ``data`` (a deletion names the key only)."""
+    if not data:
+        return [_key_json(k) for k, _ in items]
+    return [[_elem_json(k, c), _value_json(v)] for k, (v, c) in items]
+
+
+def elements(verb: str, name: str, items: list[tuple[Key, Entry]], data: bool) -> list[Json]:
     """``verb`` (add/delete) ``items`` of map ``name``; nothing when there are none."""
     return (
         [{verb: table_object("element", name=name, elem=element_list(items, data))}]
@@ -212,276 +218,28 @@ def placement(rule: MarkRule) -> tuple[str, Value]:
     return name, chain_name(rule.mark, rule.mask) if masked else rule.mark
 
 
-def desired(rules: Iterable[MarkRule]) -> tuple[Content, dict[str, tuple[int, int]]]:
-    """Map contents and mark chains for ``rules`` (normalized first)."""
+def desired(
+    rules: Iterable[MarkRule], names: Optional[Mapping[MarkRule, str]] = None
+) -> tuple[Content, dict[str, tuple[int, int]]]:
+    """Map contents and mark chains for ``rules`` (normalized first); each element's comment
+    is its rule's name in ``names`` (see :func:`note`)."""
     content: Content = {name: {} for name in MAPS}
     chains: dict[str, tuple[int, int]] = {}
-    names = {
+    maps = {
         (masked, interval, family): map_name(masked, interval, family)
         for masked in (False, True)
         for interval in (False, True)
         for family in Family
     }
+    named = names.get if names else None
     for rule in normalize(rules):
         lo, hi = rule.first_port, rule.last_port
         key = (rule.vip, rule.protocol, lo, hi)
+        comment = note(named(rule)) if named is not None else None
         if rule.mask & FULL == FULL:
-            content[names[False, lo != hi, rule.family]][key] = rule.mark
+            content[maps[False, lo != hi, rule.family]][key] = (rule.mark, comment)
         else:
             name = chain_name(rule.mark, rule.mask)
             chains[name] = (rule.mark, rule.mask)
-            content[names[True, lo != hi, rule.family]][key] = name
+            content[maps[True, lo != hi, rule.family]][key] = (name, comment)
     return content, chains
-
-
-@attrs.define
-class _Map:
-    type: str = ""
-    flags: frozenset[str] = frozenset()
-    elements: dict[Key, Value] = attrs.Factory(dict)
-
-
-@attrs.define
-class _Chain:
-    hook: Optional[tuple[str, ...]] = None
-    rules: list[str] = attrs.Factory(list)
-
-
-@attrs.define
-class Table:
-    """The own table as read from text or JSON, before it is judged."""
-
-    maps: dict[str, _Map] = attrs.Factory(dict)
-    chains: dict[str, _Chain] = attrs.Factory(dict)
-    problems: list[str] = attrs.Factory(list)
-
-
-@attrs.frozen
-class LiveState:
-    """What table ``inet lvsfw`` holds: its rules and how it departs from lvsfw's layout.
-
-    ``exists``: the table is there. ``rules``: the marks the kernel applies. ``problems``: each
-    departure from the rendered skeleton (a missing or altered map, chain, hook or rule, a
-    foreign object, an element whose mark cannot be told); empty when ``intact``.
-    """
-
-    exists: bool
-    rules: frozenset[MarkRule] = frozenset()
-    problems: tuple[str, ...] = ()
-    unresolved: tuple[str, ...] = attrs.field(default=(), repr=False)
-    content: Content = attrs.field(factory=dict, eq=False, repr=False)
-    chains: dict[str, tuple[int, int]] = attrs.field(factory=dict, eq=False, repr=False)
-    #: What lvsfw itself wrote (set instead of content/chains when known without a read).
-    target: Any = attrs.field(default=None, eq=False, repr=False)
-
-    @property
-    def cached(self) -> bool:
-        """Known from lvsfw's own last commit rather than read from the kernel."""
-        return self.target is not None
-
-    @property
-    def intact(self) -> bool:
-        """The table exists and is exactly lvsfw's layout (whatever its elements)."""
-        return self.exists and not self.problems
-
-
-def _judge_chains(table: Table, problems: list[str]) -> dict[str, tuple[int, int]]:
-    """The (mark, mask) each mark chain sets; departures are added to ``problems``."""
-    chains: dict[str, tuple[int, int]] = {}
-    for name, chain in table.chains.items():
-        if name == "prerouting":
-            if chain.hook != HOOK:
-                problems.append(f"chain prerouting: hook {chain.hook}, expected {HOOK}")
-            if chain.rules != [text for text, _ in SKELETON]:
-                problems.append("chain prerouting: rules differ from lvsfw's map lookups")
-            continue
-        named = _CHAIN.match(name)
-        found = _MARK_LINE.match(chain.rules[0]) if len(chain.rules) == 1 else None
-        mark, keep = (int(found[2], 0), int(found[1] or str(FULL), 0)) if found else (0, 0)
-        if named is None or not 0 < mark <= FULL or keep > FULL or chain.hook is not None:
-            problems.append(f"unexpected chain {name}")
-            continue
-        chains[name] = (mark, (~keep | mark) & FULL)
-        if chains[name] != (int(named[1], 16), int(named[2], 16)):
-            problems.append(f"chain {name} sets mark {mark:#x} keeping {keep:#x}")
-    if "prerouting" not in table.chains:
-        problems.append("chain prerouting is missing")
-    return chains
-
-
-def analyse(table: Table) -> LiveState:
-    """Judge ``table`` against the skeleton and derive the rules it applies."""
-    problems = list(table.problems)
-    chains = _judge_chains(table, problems)
-    problems += [f"map {name} is missing" for name in MAPS if name not in table.maps]
-    content: Content = {}
-    rules: list[MarkRule] = []
-    unresolved: list[str] = []
-    for name, found in table.maps.items():
-        if name not in MAPS:
-            problems.append(f"unexpected map {name}")
-            continue
-        family, kind, interval = MAPS[name]
-        flags = {"interval"} if interval else set()
-        if found.type != map_type(family, kind) or found.flags != flags:
-            problems.append(f"map {name}: type {found.type!r}, flags {sorted(found.flags)}")
-        content[name] = {}
-        for key, value in found.elements.items():
-            marked = None
-            if Family.of(key[0]) is family and isinstance(value, int) and kind == "mark":
-                marked = (value, FULL) if 0 < value <= FULL else None
-            elif Family.of(key[0]) is family and isinstance(value, str) and kind == "verdict":
-                marked = chains.get(value)
-            if marked is None:
-                unresolved.append(f"map {name} element {key_text(key)} : {value}")
-                continue
-            content[name][key] = value
-            rules.append(MarkRule(family, key[0], key[1], key[2], key[3], *marked))
-    problems += unresolved
-    return LiveState(True, frozenset(rules), tuple(problems), tuple(unresolved), content, chains)
-
-
-def _flat(parts: list[str]) -> str:
-    return " ".join("".join(parts).split())
-
-
-def _split(text: str) -> list[tuple[str, Optional[str]]]:
-    """One level of nft syntax: statements ``(text, None)`` and blocks ``(header, body)``."""
-    nodes: list[tuple[str, Optional[str]]] = []
-    buf: list[str] = []
-    body: list[str] = []
-    depth = 0
-    for piece in [*_TOKEN.findall(text), "\n"]:
-        if piece[0] == "#":
-            continue
-        if piece == '"' or (piece == "}" and not depth):
-            raise ParseError("nftables", text[:60], f"unbalanced {piece!r}")
-        if depth:
-            depth += {"{": 1, "}": -1}.get(piece, 0)
-            if depth:
-                body.append(piece)
-                continue
-            nodes.append((_flat(buf), "".join(body)))
-            buf, body = [], []
-        elif piece == "{":
-            depth = 1
-        elif piece in ";\n":
-            nodes += [(_flat(buf), None)] if _flat(buf) else []
-            buf = []
-        else:
-            buf.append(piece)
-    if depth:
-        raise ParseError("nftables", text[:60], "unbalanced '{'")
-    return nodes
-
-
-def _parse_elements(body: str) -> dict[Key, Value]:
-    """``ADDRESS . PROTO . PORT[-PORT] : MARK|goto CHAIN`` items, comma separated."""
-    elements: dict[Key, Value] = {}
-    for item in filter(str.strip, body.split(",")):
-        key, _, value = item.rpartition(":")
-        parts, words = re.split(r"\s+\.\s+", key.strip()), value.split()
-        if len(parts) != 3 or len(words) not in (1, 2):
-            raise ParseError("nftables", item.strip(), "expected ADDRESS . PROTO . PORT : VALUE")
-        first, _, last = parts[2].partition("-")
-        verdict = len(words) == 2 and words[0] in ("goto", "jump")
-        elements[_key(parts[0], parts[1], first, last or first)] = (
-            words[1] if verdict else int(value.strip(), 0)
-        )
-    return elements
-
-
-def _parse_map(body: str) -> _Map:
-    found = _Map()
-    for header, block in _split(body):
-        word, _, rest = header.partition(" ")
-        if block is not None and header.replace(" ", "") == "elements=":
-            found.elements.update(_parse_elements(block))
-        elif block is None and word == "type":
-            found.type = rest
-        elif block is None and word == "flags":
-            found.flags = frozenset(f.strip() for f in rest.split(","))
-        else:
-            found.flags |= {header}  # any other attribute departs from the layout
-    return found
-
-
-def _parse_chain(body: str) -> _Chain:
-    chain, hook, policy = _Chain(), None, "accept"
-    for header, block in _split(body):
-        if _HOOK_LINE.match(header):
-            hook = _HOOK_LINE.match(header)
-        elif header.startswith("policy "):
-            policy = header[7:]
-        else:
-            chain.rules.append(header if block is None else f"{header} {{ {_flat([block])} }}")
-    if hook is not None:
-        prio = "-150" if hook[3] == "mangle" else hook[3]
-        chain.hook = (hook[1], hook[2], prio, policy)
-    return chain
-
-
-def parse_text(text: str) -> Optional[Table]:
-    table: Optional[Table] = None
-    for header, block in _split(text):
-        words = [w.strip('"') for w in header.split()]
-        if block is None or len(words) not in (2, 3) or words[0] != "table":
-            raise ParseError("nftables", header, "expected 'table FAMILY NAME { ... }' blocks")
-        if words[1:] != [FAMILY, TABLE]:
-            continue
-        table = table or Table()
-        for inner, body in _split(block):
-            kind, _, name = inner.partition(" ")
-            if body is not None and kind == "map":
-                table.maps[name.strip('"')] = _parse_map(body)
-            elif body is not None and kind == "chain":
-                table.chains[name.strip('"')] = _parse_chain(body)
-            else:
-                table.problems.append(f"unexpected {inner!r} in the table")
-    return table
-
-
-def _json_element(item: Any) -> tuple[Key, Value]:
-    key, value = item
-    key = key["elem"]["val"] if "elem" in key else key
-    address, protocol, port = key["concat"]
-    first, last = port["range"] if isinstance(port, dict) else (port, port)
-    if isinstance(value, dict):
-        ((verdict, target),) = value.items()
-        if verdict not in ("goto", "jump"):
-            raise ParseError("nftables", str(value), "expected a goto verdict")
-        return _key(address, protocol, first, last), str(target["target"])
-    return _key(address, protocol, first, last), int(value)
-
-
-_MAP_KEYS = {"family", "name", "table", "type", "handle", "map", "flags", "elem"}
-
-
-def parse_json_table(obj: Any) -> Optional[Table]:
-    table: Optional[Table] = None
-    for item in obj["nftables"]:
-        ((kind, body),) = item.items()
-        if kind == "metainfo" or body["family"] != FAMILY:
-            continue
-        if kind == "table" and body["name"] == TABLE:
-            table = table or Table()
-            table.problems += [f"table flags {body['flags']}"] if body.get("flags") else []
-        if kind == "table" or body["table"] != TABLE:
-            continue
-        table = table or Table()
-        if kind == "map":
-            types = body["type"] if isinstance(body["type"], list) else [body["type"]]
-            found = _Map(" . ".join(types) + f" : {body['map']}", frozenset(body.get("flags", [])))
-            found.flags |= set(body) - _MAP_KEYS
-            found.elements.update(_json_element(e) for e in body.get("elem", []))
-            table.maps[body["name"]] = found
-        elif kind == "chain":
-            chain = table.chains.setdefault(body["name"], _Chain())
-            if "hook" in body:
-                fields = (body.get("type"), body["hook"], body.get("prio"), body.get("policy"))
-                chain.hook = tuple(map(str, fields))
-        elif kind == "rule":
-            table.chains.setdefault(body["chain"], _Chain()).rules.append(_rule_line(body["expr"]))
-        else:
-            table.problems.append(f"unexpected {kind} {body.get('name')}")
-    return table
