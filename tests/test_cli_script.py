@@ -88,7 +88,7 @@ def test_console_script_every_exit_code(web: Path, netns: str, tmp_path: Path) -
         "destroy": 0,
         "plan error": 1,
     }
-    assert "mark80" in live.stdout and "mark 21" in live.stderr  # 80 recovered, 21 named
+    assert "mark = 80" in live.stdout and "mark 21" in live.stderr  # 80 recovered, 21 named
 
 
 README_CONFIG = re.compile(r"cat > web\.toml <<'EOF'\n(.*?)\nEOF\n", re.S)

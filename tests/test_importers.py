@@ -108,7 +108,7 @@ def test_scan_nft_ruleset_sets_l4proto_masks_and_skips() -> None:
         (0x100, 0x100, "192.0.2.60", "udp", 60, 61),
     }
     assert len(found.warnings) == 2
-    assert "source or interface" in found.warnings[0]
+    assert "source match 'ip saddr 10.0.0.0/8'" in found.warnings[0]
     assert "named set @nosuchset" in found.warnings[1]
 
 
@@ -183,8 +183,8 @@ def test_lvs_cf_with_iptables_rules() -> None:
     for expected in (
         "ipt:20: mark rule not imported",
         "lvs.cf:48: server 'web3' of 'web-http' is inactive",
-        "lvs.cf:129: virtual server 'smtp' has no fwmark",
-        "lvs.cf:142: virtual server 'old-dns' is inactive",
+        "lvs.cf:129: virtual server 'smtp' not imported: server 'mx1' of 'smtp' listens on port",
+        "lvs.cf:143: virtual server 'old-dns' is inactive",
         "ipt:21: sets mark 77, which no virtual server uses",
     ):
         assert expected in text
@@ -257,7 +257,7 @@ def test_keepalived_with_nft_rules() -> None:
         ),
     )
     assert result.unmatched == (
-        "keepalived.conf:103: no packet-filter rule sets mark 53; bundle left out",
+        "keepalived.conf:104: no packet-filter rule sets mark 53; bundle left out",
     )
     ((_, stub),) = result.stubs
     assert stub["mark"] == 53 and stub["vips"] == [] and stub["scheduler"] == "sh"
@@ -265,17 +265,18 @@ def test_keepalived_with_nft_rules() -> None:
     assert '# [[bundle]]\n# name = "mark53"' in text
     assert config.loads(text).bundles == result.bundles  # the stub stays a comment
     warnings = "\n".join(result.warnings)
-    assert "keepalived.conf:53: real server port 80 dropped" in warnings
-    assert ":37:" not in warnings  # port 25 belongs to a non-fwmark virtual_server
+    assert "keepalived.conf:54: real server port 80 dropped" in warnings
+    assert "keepalived.conf:56: 'HTTP_GET' not imported" in warnings
+    assert "keepalived.conf:33: 'virtual_server 192.0.2.25 25' not imported" in warnings
 
 
-def test_keepalived_warns_about_includes_and_groups() -> None:
+def test_keepalived_text_warns_about_includes_and_reads_groups() -> None:
     text = "include /etc/keepalived/conf.d/*.conf\nvirtual_server_group G {\n fwmark 7\n}\n"
-    text += "virtual_server fwmark 7 {\n lb_algo rr\n lb_kind DR\n}\n"
+    text += "virtual_server group G {\n lb_algo rr\n lb_kind DR\n}\n"
     sources, warnings = parse_keepalived(text, "k.conf")
-    assert [s.mark for s in sources] == [7]
+    assert [(s.mark, s.name) for s in sources] == [(7, "G")]
     assert warnings[0].startswith("k.conf:1: 'include /etc/keepalived/conf.d/*.conf'")
-    assert warnings[1].startswith("k.conf:2: 'virtual_server_group G'")
+    assert len(warnings) == 1
 
 
 def test_keepalived_without_fwmark_blocks_is_an_error() -> None:
