@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import ipset, parse
 from benchmarks.apply import PACKET_FILTERS, run_apply
+from benchmarks.cli import run_cli
 from benchmarks.lab import ENV, Lab, exec_overhead, require_root
 from benchmarks.pps import run_pps
 from benchmarks.render import run_render
@@ -90,6 +91,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-ipset", action="store_true", help="skip the ipset prototype")
     p.add_argument("--no-memory", action="store_true", help="skip peak memory")
     p.add_argument("--no-import", action="store_true", help="skip lvsfw import --rules")
+    p.add_argument("--cli-sizes", help="N of the command-line section (default: --sizes >= 1000)")
+    p.add_argument("--no-cli", action="store_true", help="skip the command-line section")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     return p.parse_args(argv)
 
@@ -119,6 +122,10 @@ def main(argv: list[str]) -> int:
             if not args.no_import:
                 section["import"] = parse.time_import(count)
             results["sizes"][str(count)] = section
+        if not args.no_cli:
+            given = args.cli_sizes.split(",") if args.cli_sizes else None
+            cli_sizes = [int(s) for s in given] if given else [n for n in sizes if n >= 1000]
+            results["cli"] = run_cli(lab, cli_sizes or sizes, backends, args.repeat)
         big = max(sizes)
         if not args.no_pps:
             print(f"packets/s: N=1 vs N={big} ...", file=sys.stderr, flush=True)

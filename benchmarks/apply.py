@@ -6,6 +6,7 @@ rendered by the same backend, into another fresh namespace with the kernel tool 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from benchmarks.lab import Lab, in_ns, timed
 from benchmarks.record import recording
-from benchmarks.workload import with_one_change
+from benchmarks.workload import make_bundles, with_one_change
 from lvsfw import registry
 from lvsfw.backends.base import PacketFilter
 from lvsfw.enums import Family
@@ -161,6 +162,10 @@ def measure(lab: Lab, name: str, bundles: list[Bundle], workdir: str, repeat: in
         changed = with_one_change(bundles, n // 2)
         with recording() as incr_log:
             incr_s, _ = clock(lambda: driver.apply(changed))
+        fresh_s = []  # one change again, every bundle built afresh (what a reload produces)
+        for again in (make_bundles(n), with_one_change(make_bundles(n), n // 2)):
+            seconds, _ = clock(functools.partial(driver.apply, again))
+            fresh_s.append(seconds)
         verify_s, ok = clock(lambda: driver.verify(changed))
         read_s, rules = clock(driver.backend.read)
         nft_tx = getattr(driver.backend, "last_transaction", None)
@@ -175,6 +180,8 @@ def measure(lab: Lab, name: str, bundles: list[Bundle], workdir: str, repeat: in
         "noop_s": noop_s,
         "incremental_s": incr_s,
         "incremental_calls": incr_log.summary(),
+        "fresh_change_s": min(fresh_s),
+        "fresh_change_runs_s": fresh_s,
         "incremental_nft_commands": len(nft_tx["nftables"]) if isinstance(nft_tx, dict) else None,
         "verify_s": verify_s,
         "verify_ok": ok,

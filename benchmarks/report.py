@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from benchmarks.parse import line as parse_line
 
@@ -30,7 +30,8 @@ def table(results: Result) -> str:
         lines.append(f"  N={n:>6} rules={section['render']['rules']:>6}: " + "  ".join(parts))
     head = (
         f"{'N':>6} {'backend':<16} {'cold':>9} {'floor':>9} {'cold/fl':>8} {'naive':>9}"
-        f" {'naive/c':>8} {'1 change':>9} {'no-op':>9} {'verify':>9} {'read':>9} {'list':>9}"
+        f" {'naive/c':>8} {'1 change':>9} {'fresh 1c':>9} {'no-op':>9} {'verify':>9}"
+        f" {'read':>9} {'list':>9}"
     )
     lines += ["", "apply / verify (ms; floor = kernel tool loading the same file)", head]
     for n, section in results["sizes"].items():
@@ -41,13 +42,13 @@ def table(results: Result) -> str:
             lines.append(
                 f"{n:>6} {name:<16} {_ms(r['cold_s'])} {_ms(r['floor']['load_s'])}"
                 f" {_x(r['cold_vs_floor'])} {_ms(r.get('naive_s'))} {_x(r.get('naive_vs_cold'))}"
-                f" {_ms(r['incremental_s'])} {_ms(r['noop_s'])} {_ms(r['verify_s'])}"
-                f" {_ms(r['read_s'])} {_ms(r['verify_floor_s'])}"
+                f" {_ms(r['incremental_s'])} {_ms(r.get('fresh_change_s'))} {_ms(r['noop_s'])}"
+                f" {_ms(r['verify_s'])} {_ms(r['read_s'])} {_ms(r['verify_floor_s'])}"
             )
         for flavour, r in section.get("ipset", {}).items():
             lines.append(
                 f"{n:>6} {'ipset-' + flavour + '*':<16} {_ms(r['cold_s'])} {'':>9} {'':>8} {'':>9}"
-                f" {'':>8} {_ms(r['incremental_s'])} {'':>9} {'':>9} {_ms(r['save_s'])}"
+                f" {'':>8} {_ms(r['incremental_s'])} {'':>9} {'':>9} {'':>9} {_ms(r['save_s'])}"
             )
     imports = {n: s["import"] for n, s in results["sizes"].items() if "import" in s}
     if imports:
@@ -75,10 +76,75 @@ def table(results: Result) -> str:
                 f" {r['maxrss_before_mib']:7.1f} -> {r['maxrss_mib']:7.1f}"
                 f"  tool child <= {r['children_maxrss_mib']:6.1f}"
             )
+    if results.get("cli"):
+        lines += ["", cli_table(results["cli"])]
     lines += ["", "floors:"] + [
         f"  [{f['status']}] {f['floor']}: {f['detail']}" for f in floors(results)
     ]
     return "\n".join(lines)
+
+
+#: (column head, key) of the command-line table, in the order the commands run.
+CLI_COLUMNS = (
+    ("plan0", "plan_cold"),
+    ("apply0", "apply_cold"),
+    ("no-op", "apply_noop"),
+    ("plan1", "plan_change"),
+    ("1 change", "apply_change"),
+    ("verify", "verify"),
+)
+
+
+def _s(node: object) -> object:
+    return node.get("s") if isinstance(node, dict) else None
+
+
+def cli_table(cli: Result) -> str:
+    """The command-line section: seconds of fresh ``lvsfw`` processes, the kernel tool's load
+    of the same ruleset, cold over floor, and growth (largest N over smallest)."""
+    start = _s(cli["startup"])
+    lines = [
+        "command line (ms; fresh `lvsfw` processes on a freshly written TOML file; plan0/apply0:"
+        " empty namespace; plan1/1 change: bundle N/2 edited; floor = kernel tool's load)",
+        f"  python start-up (python -c 'import lvsfw.cli'): {_ms(start).strip()} ms",
+        f"{'N':>6} {'backend':<16} {'check':>9}"
+        + "".join(f" {head:>9}" for head, _ in CLI_COLUMNS)
+        + f" {'floor':>9} {'cold/fl':>8} {'MiB':>6}",
+    ]
+    sizes = cli["sizes"]
+    for n, section in sizes.items():
+        for name in FIREWALLS:
+            r = section.get(name)
+            if r is None:
+                continue
+            cold, load = _s(r["apply_cold"]), r["floor"]["load_s"]
+            ratio = float(cold) / load if isinstance(cold, float) and load else None
+            sizes_mib = [r[k]["maxrss_mib"] for _, k in CLI_COLUMNS]
+            rss = max(float(m) for m in sizes_mib) if None not in sizes_mib else 0.0
+            lines.append(
+                f"{n:>6} {name:<16} {_ms(_s(section['check']))}"
+                + "".join(f" {_ms(_s(r[k]))}" for _, k in CLI_COLUMNS)
+                + f" {_ms(load)} {_x(ratio)} {rss:6.0f}"
+            )
+    keys = sorted((k for k in sizes if int(k) > 10), key=int)
+    if len(keys) >= 2:
+        small, big = keys[0], keys[-1]
+        lines.append(f"growth (N={big} / N={small}; 10 = linear)")
+        for name in FIREWALLS:
+            if name not in sizes[small] or name not in sizes[big]:
+                continue
+            cells = [_growth(sizes[small]["check"], sizes[big]["check"])]
+            cells += [_growth(sizes[small][name][k], sizes[big][name][k]) for _, k in CLI_COLUMNS]
+            loads = [float(sizes[k][name]["floor"]["load_s"]) for k in (small, big)]
+            lines.append(f"{'':>6} {name:<16}" + "".join(cells) + f" {loads[1] / loads[0]:8.1f}x")
+    return "\n".join(lines)
+
+
+def _growth(small: object, big: object) -> str:
+    a, b = _s(small), _s(big)
+    if not isinstance(a, float) or not isinstance(b, float) or a <= 0:
+        return f" {'-':>9}"
+    return f" {b / a:8.1f}x"
 
 
 def _floor(name: str, ok: bool, detail: str, applies: bool = True) -> Result:
@@ -141,4 +207,48 @@ def floors(results: Result) -> list[Result]:
             text = f"best-run ratio {r['ratio']:.3f}, median ratio {r['ratio_median']:.3f}"
             text += "" if must else " (no floor: linear chain or prototype)"
             out.append(_floor(f"pps {name} N=max >= 0.9x N=1", r["ratio"] >= 0.9, text, must))
+    for name, r in apply.items():
+        if name in FIREWALLS and "fresh_change_s" in r:
+            limit = 0.150 if name == "nftables" else 0.500
+            seconds = float(r["fresh_change_s"])
+            out.append(
+                _floor(
+                    f"API one change at {big}, fresh bundles, {name} < {limit * 1000:.0f} ms",
+                    seconds < limit,
+                    f"{seconds * 1000:.1f} ms",
+                )
+            )
+    return out + cli_floors(results.get("cli"))
+
+
+def cli_floors(cli: Optional[Result]) -> list[Result]:
+    """The command-line floors of issue 13 at the largest N of the command-line section."""
+    if not cli or not cli.get("sizes"):
+        return []
+    big = max(cli["sizes"], key=int)
+    section, start = cli["sizes"][big], float(cli["startup"]["s"])
+    check = float(section["check"]["s"])
+    out = [_floor(f"CLI check {big} < 1 s", check < 1, f"{check:.3f} s")]
+    for name in FIREWALLS:
+        r = section.get(name)
+        if r is None:
+            continue
+        nft = name == "nftables"
+        limits = {"apply_change": 1.5 if nft else 2.0}
+        limits.update({"apply_noop": 1.5, "verify": 2.0} if nft else {})
+        for key, limit in limits.items():
+            seconds = float(r[key]["s"])
+            out.append(
+                _floor(f"CLI {key} {big} {name} < {limit} s", seconds < limit, f"{seconds:.3f} s")
+            )
+        load, cold = float(r["floor"]["load_s"]), float(r["apply_cold"]["s"])
+        limit = 2 * load + (start if nft else 0.0)
+        what = "2x floor + start-up" if nft else "2x floor"
+        out.append(
+            _floor(
+                f"CLI cold apply {big} {name} <= {what}",
+                cold <= limit,
+                f"{cold:.3f} s vs limit {limit:.3f} s (floor {load:.3f} s, start-up {start:.3f} s)",
+            )
+        )
     return out

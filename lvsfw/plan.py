@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from lvsfw.enums import address_key
 from lvsfw.model import FULL_MASK
 from lvsfw.ports import ports_text
 from lvsfw.rules import FwmarkService, MarkRule, normalize
@@ -16,6 +17,13 @@ def _rule_text(rule: MarkRule) -> str:
     ports = ports_text(rule.first_port, rule.last_port)
     mask = "" if rule.mask == FULL_MASK else f"/{rule.mask:#x}"
     return f"{rule.vip} {rule.protocol}:{ports} -> mark {rule.mark}{mask}"
+
+
+def _rule_key(rule: MarkRule) -> tuple[object, ...]:
+    """MarkRule's own order as a plain tuple: sorting 10,000 rules by attrs' generated
+    comparison takes a second, by this key a twentieth of it."""
+    return (rule.family, address_key(rule.vip), rule.protocol, rule.first_port, rule.last_port,
+            rule.mark, rule.mask)  # fmt: skip
 
 
 def _service_text(service: FwmarkService) -> str:
@@ -112,7 +120,7 @@ class Plan:
             (f"{self.firewall}: remove", self.remove_rules, _rule_text),
         ]
         for title, rules, fmt in sections:
-            lines += [f"{title} {fmt(r)}" for r in sorted(rules)]
+            lines += [f"{title} {fmt(r)}" for r in sorted(rules, key=_rule_key)]
         service_sections = [
             ("ipvs: add", self.add_services),
             ("ipvs: change", self.change_services),

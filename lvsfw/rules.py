@@ -14,7 +14,7 @@ import attrs
 
 from lvsfw.conflicts import check_bundles
 from lvsfw.enums import Family, IPAddress, Protocol, address_key
-from lvsfw.model import FULL_MASK, Bundle, VirtualService
+from lvsfw.model import FULL_MASK, Bundle, RealServer, VirtualService
 
 
 @attrs.frozen(order=True, unsafe_hash=False)
@@ -133,8 +133,37 @@ def bundle_services(bundle: Bundle) -> list[FwmarkService]:
     ]
 
 
-#: id(bundle) -> (that bundle, its rules): a caller's memo of earlier expansions.
-Memo = dict[int, tuple[Bundle, list[MarkRule]]]
+#: bundle -> (that bundle as first seen, its rules), keyed by value (bundles are immutable): a
+#: caller's memo of earlier expansions. Freshly built bundles equal to earlier ones (a config
+#: file read again) reuse the earlier rule objects, which also makes comparing cheap.
+Memo = dict[Bundle, tuple[Bundle, list[MarkRule]]]
+#: The last bundle set :func:`specify` found free of conflicts, by value, with its rules: any
+#: subset of it is conflict-free too, so only bundles new since need checking (and later calls
+#: without a memo, e.g. the Director after the config loader, reuse its expansions). Replaced,
+#: never mutated (a reader in another thread sees one whole set).
+_checked: list[Memo] = [{}]
+#: The fields equality leaves out (keepalived's settings) of a bundle, its service and its
+#: real servers: the conflict check compares them, so a bundle counts as checked only when
+#: they are the same too.
+_HIDDEN = tuple(
+    tuple(f.name for f in attrs.fields(cls) if not f.eq)
+    for cls in (Bundle, VirtualService, RealServer)
+)
+
+
+def _hidden(bundle: Bundle) -> tuple[object, ...]:
+    bundle_fields, service_fields, server_fields = _HIDDEN
+    service = bundle.service
+    return (
+        tuple(getattr(bundle, f) for f in bundle_fields),
+        tuple(getattr(service, f) for f in service_fields),
+        tuple(tuple(getattr(r, f) for f in server_fields) for r in service.real_servers),
+    )
+
+
+def _same(known: Bundle, bundle: Bundle) -> bool:
+    """Whether ``bundle`` (equal to ``known``) is the same in the fields equality ignores."""
+    return known is bundle or not any(_HIDDEN) or _hidden(known) == _hidden(bundle)
 
 
 def specify(
@@ -142,26 +171,79 @@ def specify(
 ) -> Specification:
     """Expand ``bundles`` (conflict-checked first unless ``check`` is False).
 
-    ``memo``: expansions of bundle objects seen before (bundles are immutable, so the same
-    object expands to the same rules); it is updated to hold exactly ``bundles``. Reusing the
-    very same rule objects also makes comparing two specifications cheap.
+    ``memo``: expansions of bundles seen before, by value; it is updated to hold exactly
+    ``bundles``. The check is incremental: against the last conflict-free set, only the bundles
+    not in it (and those sharing a name, VIP or mark with them) are checked, with the same
+    verdict and message as a full check (a conflict always involves a new bundle).
     """
     bundles = list(bundles)
     if check:
-        check_bundles(bundles)
+        for item in bundles:
+            if not isinstance(item, Bundle):
+                check_bundles(bundles)  # raises the ValidationError naming it
+    known = _checked[0]
     owners: dict[MarkRule, str] = {}
-    seen: Memo = {}
+    hits: set[int] = set()  # id() of the entries of ``known`` that ``bundles`` reuse
+    new: Memo = {}  # the bundles not in ``known`` (not known to be conflict-free)
+    repeated = False
     for bundle in bundles:
-        known = memo.get(id(bundle)) if memo is not None else None
-        rules = known[1] if known is not None and known[0] is bundle else bundle_rules(bundle)
-        seen[id(bundle)] = (bundle, rules)
+        entry = known.get(bundle)
+        if entry is not None and _same(entry[0], bundle):
+            repeated = repeated or id(entry) in hits
+            hits.add(id(entry))
+        elif bundle in new:
+            repeated = True
+            entry = new[bundle]
+        else:  # the rules depend on compared fields only: an equal bundle's are this one's
+            entry = (memo.get(bundle) if memo else None) or entry
+            entry = new[bundle] = (bundle, entry[1] if entry else bundle_rules(bundle))
         name = bundle.name
-        for rule in rules:
+        for rule in entry[1]:
             owners[rule] = name
-    if memo is not None:
+    seen = _seen(known, hits, new)
+    if check:
+        _check(bundles, list(new), repeated)
+        if seen:  # an empty set (destroy) proves nothing worth keeping
+            _checked[0] = seen
+    if memo is not None and memo is not seen:
         memo.clear()
-        memo.update(seen)
+        memo.update(seen)  # from a dict: its stored hashes, no Bundle.__hash__ calls
     return Specification(frozenset(owners), None, owners, bundles=tuple(bundles))
+
+
+def _seen(known: Memo, hits: set[int], new: Memo) -> Memo:
+    """The memo of exactly the bundles of one call: the entries of ``known`` it reused (their
+    ids in ``hits``) and ``new``. Built by copying ``known`` (stored hashes, no hashing of
+    every bundle again) when most of it was reused."""
+    if len(hits) == len(known) and not new:
+        return known
+    if len(hits) * 2 < len(known):
+        seen = {b: e for b, e in known.items() if id(e) in hits}
+    else:
+        seen = known.copy()
+        for bundle in [b for b, e in known.items() if id(e) not in hits]:
+            del seen[bundle]
+    seen.update(new)
+    return seen
+
+
+def _check(bundles: list[Bundle], new: list[Bundle], repeated: bool) -> None:
+    """:func:`check_bundles` of ``bundles``, of which only ``new`` are not in a set known to be
+    conflict-free (``repeated``: some bundle occurs twice, a name conflict)."""
+    if repeated or len(new) * 4 > len(bundles):
+        check_bundles(bundles)
+        return
+    if not new:
+        return
+    names = {b.name for b in new}
+    vips = {v for b in new for v in b.vips}
+    marks = {b.mark.value for b in new}
+    near = [
+        b
+        for b in bundles
+        if b.name in names or b.mark.value in marks or not vips.isdisjoint(b.vips)
+    ]
+    check_bundles(near)
 
 
 class Normalized(frozenset[MarkRule]):

@@ -1,4 +1,5 @@
-"""The scale benchmark at N = 10, so it cannot rot: every section present, every number > 0."""
+"""The scale benchmark at N = 10, so it cannot rot: every section present, every number > 0
+(the command-line section of fresh ``lvsfw`` processes included)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.kernel
 
 BACKENDS = ("nftables", "iptables-nft", "iptables-legacy")
 RENDERERS = (*BACKENDS, "ipvs", "keepalived")
+CLI_STEPS = ("plan_cold", "apply_cold", "apply_noop", "plan_change", "apply_change", "verify")
 
 
 def _positive(value: Any, where: str) -> None:
@@ -29,8 +31,8 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     from benchmarks.__main__ import main
 
     out = tmp_path / "smoke.json"
-    argv = ["--sizes", "10", "--repeat", "1", "--pps-runs", "1", "--pps-seconds", "0.2",
-            "--out", str(out)]  # fmt: skip
+    argv = ["--sizes", "10", "--cli-sizes", "10", "--repeat", "1", "--pps-runs", "1",
+            "--pps-seconds", "0.2", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     results = json.loads(out.read_text())
     section = results["sizes"]["10"]
@@ -45,6 +47,7 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         assert r["verify_ok"], name
         assert r["read_rules"] == r["changed_rules"] == apply["rules"] + 1, name
         assert r["incremental_calls"]["writes"] >= 1, name
+        _positive(r["fresh_change_s"], f"{name} fresh_change_s")
     for flavour in ("nft", "legacy"):
         _positive(section["ipset"][flavour]["cold_s"], f"ipset {flavour}")
     for name in (*BACKENDS, "iptables-nft+ipset", "iptables-legacy+ipset"):
@@ -54,5 +57,15 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
         _positive(pps["ratio"], f"pps {name} ratio")
     for name in BACKENDS:
         _positive(results["memory"][name]["maxrss_mib"], f"memory {name}")
+    cli = results["cli"]["sizes"]["10"]
+    _positive(cli["check"]["s"], "cli check")
+    for name in BACKENDS:
+        for step in CLI_STEPS:
+            _positive(cli[name][step]["s"], f"cli {name} {step}")
+            if cli[name][step]["maxrss_mib"] is not None:  # None: no GNU time here
+                _positive(cli[name][step]["maxrss_mib"], f"cli {name} {step} memory")
+        assert cli[name]["plan_cold"]["rc"] == 2, name  # something to add: exit 2
+        _positive(cli[name]["floor"]["load_s"], f"cli {name} floor")
+    assert any(f["floor"].startswith("CLI ") for f in results["floors"]), "no CLI floor"
     assert results["floors"], "no floor judged"
     assert not [ns for ns in os.listdir("/run/netns") if ns.startswith("lvsfwbench-")]

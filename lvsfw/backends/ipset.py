@@ -83,13 +83,22 @@ def create_line(name: str, family: Family, count: int) -> str:
     )
 
 
+#: The last specification :func:`wanted_members` expanded, and its members per family (one
+#: apply asks about the same specification a dozen times; a specification never changes).
+_wanted: list[tuple[Optional[Specification], dict[Family, dict[Key, Value]]]] = [(None, {})]
+
+
 def wanted_members(spec: Specification, family: Family) -> dict[Key, Value]:
-    """``spec``'s single-port rules of ``family`` as members."""
-    return {
-        (r.vip, r.protocol, r.first_port): (r.mark, r.mask, spec.owners.get(r, ""))
-        for r in spec.rules
-        if r.family == family and r.first_port == r.last_port
-    }
+    """``spec``'s single-port rules of ``family`` as members (do not modify the result)."""
+    last, members = _wanted[0]
+    if last is not spec:
+        members = {f: {} for f in Family}
+        for r in spec.rules:
+            if r.first_port == r.last_port:
+                value = (r.mark, r.mask, spec.owners.get(r, ""))
+                members[r.family][(r.vip, r.protocol, r.first_port)] = value
+        _wanted[0] = (spec, members)
+    return members[family]
 
 
 def _sorted(members: dict[Key, Value]) -> list[tuple[Key, Value]]:
@@ -115,6 +124,20 @@ class SetState:
     header: tuple[str, ...] = ()
     members: dict[Key, Value] = attrs.field(factory=dict)
     unknown: tuple[str, ...] = ()
+    _owners: dict[Family, dict[MarkRule, str]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
+
+    def owners(self, family: Family) -> dict[MarkRule, str]:
+        """The members of ``family`` as mark rules, with their bundle names (computed once:
+        a set lvsfw trusts is the same object from one apply to the next; do not modify)."""
+        found = self._owners.get(family)
+        if found is None:
+            found = self._owners[family] = {
+                MarkRule(family, vip, proto, port, port, mark, mask): owner
+                for (vip, proto, port), (mark, mask, owner) in self.members.items()
+            }
+        return found
 
     def _option(self, option: str) -> Optional[str]:
         words = self.header
@@ -197,8 +220,11 @@ def _member(words: list[str], line: str) -> tuple[Key, Value]:
     return (vip, _PROTOCOLS[proto], int(port)), (mark, mask, options.get("comment", ""))
 
 
-def _fast_member(rest: str, line: str) -> tuple[Key, Value]:
-    """:func:`_member` of the text after ``add NAME``, without tokenizing what lvsfw wrote."""
+def _fast_member(
+    rest: str, line: str, addresses: Optional[dict[str, IPAddress]] = None
+) -> tuple[Key, Value]:
+    """:func:`_member` of the text after ``add NAME``, without tokenizing what lvsfw wrote;
+    ``addresses``: the addresses parsed so far, by text (a VIP has a member per port)."""
     match = _MEMBER.match(rest.strip())
     if match is None or match["proto"] not in _PROTOCOLS:
         try:
@@ -207,11 +233,15 @@ def _fast_member(rest: str, line: str) -> tuple[Key, Value]:
             raise ParseError("ipset", line, "unbalanced quotes") from None
         return _member(words or [""], line)
     mark, mask = int(match["mark"], 16), int(match["mask"], 16) if match["mask"] else FULL_MASK
-    port = int(match["port"])
-    try:
-        vip = ipaddress.ip_address(match["address"])
-    except ValueError:
-        raise ParseError("ipset", line, "member address is not an address") from None
+    port, text = int(match["port"]), match["address"]
+    vip = addresses.get(text) if addresses is not None else None
+    if vip is None:
+        try:
+            vip = ipaddress.ip_address(text)
+        except ValueError:
+            raise ParseError("ipset", line, "member address is not an address") from None
+        if addresses is not None:
+            addresses[text] = vip
     if not (0 < mark <= mask <= FULL_MASK and mark & ~mask == 0) or not 1 <= port <= 65535:
         raise ParseError("ipset", line, "mark outside its mask, or port outside 1..65535")
     return (vip, _PROTOCOLS[match["proto"]], port), (mark, mask, match["comment"] or "")
@@ -228,6 +258,7 @@ def parse_sets(
     headers: dict[str, tuple[str, ...]] = {}
     members: dict[str, dict[Key, Value]] = {}
     unknown: dict[str, list[str]] = {}
+    addresses: dict[str, IPAddress] = {}
     for line in lines:
         command, _, rest = line.strip().partition(" ")
         name, _, rest = rest.partition(" ")
@@ -239,7 +270,7 @@ def parse_sets(
             headers[name] = tuple(rest.split())
             continue
         try:
-            key, value = _fast_member(rest, line)
+            key, value = _fast_member(rest, line, addresses)
             members.setdefault(name, {})[key] = value
         except ParseError:
             if strict:

@@ -28,7 +28,7 @@ from typing import ClassVar, Optional
 
 import attrs
 
-from lvsfw.backends import ipset, iptowner
+from lvsfw.backends import ipset, iptowner, iptrecord
 from lvsfw.backends.base import Change as BaseChange
 from lvsfw.backends.base import Finding, PacketFilter
 from lvsfw.backends.base import Live as BaseLive
@@ -92,6 +92,7 @@ class Iptables(PacketFilter):
         self._made: set[str] = set()
         #: :meth:`objects` as this backend's last write left them (None: read to know).
         self._left: Optional[frozenset[str]] = None
+        self._record = iptrecord.Record()  # chain parses and trusted sets (see the module)
 
     @classmethod
     def available(cls) -> None:
@@ -112,7 +113,7 @@ class Iptables(PacketFilter):
         """The own chain's rules: the set rules (``with_set``), then the range rules."""
         name = self.set_names[family]
         head = [set_rule(name), return_rule(name)] if with_set else []
-        return head + rule_lines(spec, family, ranges_only=True)
+        return head + self._record.ranges(spec, family, rule_lines)
 
     def family_text(self, spec: Specification, family: Family, jump: bool = True) -> str:
         """The restore transaction for ``family``: own chain re-declared (flushed) and filled.
@@ -178,7 +179,7 @@ class Iptables(PacketFilter):
 
     def state(self, family: Family, strict: bool = False) -> LiveState:
         """lvsfw's part of the live mangle table of ``family`` (see :class:`LiveState`)."""
-        return parse_state(self.save(family), strict=strict)
+        return self._record.state(family, self.save(family), strict)
 
     def set_list(self) -> frozenset[str]:
         """Every set name in the namespace (``ipset list -n``)."""
@@ -188,17 +189,16 @@ class Iptables(PacketFilter):
         """Whether the state file records ``identifier`` or this backend wrote it."""
         return identifier in self._made or (self.owned is not None and identifier in self.owned)
 
-    def live(self) -> Live:
+    def live(self, fast: bool = False) -> Live:
         """Read lvsfw's live state once (two saves, two ipset calls at most, one listing of
         the nf_tables tables for iptables-nft); every method taking ``live=`` uses it instead
-        of reading again. Sets with lvsfw's names are classified as its own or foreign."""
+        of reading again. Sets with lvsfw's names are classified as its own or foreign.
+        ``fast``: own sets as lvsfw left them while their headers say so (:mod:`.iptrecord`)."""
         self._left = None
         chains = {family: self.state(family) for family in Family}
         names = self.set_list()
         present = [n for n in iptowner.set_names_of(self.set_names) if n in names]
-        listing = "".join(f"list {n} -o save\n" for n in present)
-        text = self._run(["ipset", "restore"], stdin=listing) if present else ""
-        sets = ipset.parse_sets(text.splitlines(), present, strict=False)
+        sets = self._record.sets(present, fast, self._run)
         mine, foreign = iptowner.classify(self.set_names, names, sets, self._recorded)
         tables = iptowner.mangle_tables(self.netns) if self.nf_tables else None
         return Live(chains, sets, names, dict(self.set_names), mine, foreign, tables)
@@ -322,6 +322,7 @@ class Iptables(PacketFilter):
         made = iptowner.creates(spec, live, writes)
         self._made |= {i for i in made if i.startswith("table:") or i.endswith(ipset.TEMP_SUFFIX)}
         self._left = None
+        self._record.forget()
         before, chains, after = writes
         if before:
             self._ipset(before)
@@ -330,6 +331,7 @@ class Iptables(PacketFilter):
             self._restore(family, text)
         iptowner.destroy_sets(self._ipset, after)
         self._left = iptowner.left(spec, live, writes, self._recorded)
+        self._record.wrote(spec, live.sets, self.set_names, before + after)
         self._made = set(self._left)  # what is gone is no longer this backend's
 
     def apply(self, spec: Specification, live: Optional[Live] = None) -> None:
@@ -355,6 +357,7 @@ class Iptables(PacketFilter):
         nf_tables mangle table left empty; no-op when absent."""
         live = live or self.live()
         self._left = None
+        self._record.forget()
         for family in Family:
             text = self._removal(live.chains[family])
             if text is not None:
@@ -425,9 +428,9 @@ class Iptables(PacketFilter):
     # -- the contract (lvsfw.backends.base.PacketFilter) -----------------------------------
 
     def observe(self, fast: bool = False) -> Live:
-        """The live state, read in full (``fast`` is ignored: nothing proves the tables and
-        sets unchanged since lvsfw's last write without reading them)."""
-        return self.live()
+        """The live state: chains read in full; ``fast``: own sets as lvsfw last read or
+        wrote them while ``ipset list -t`` shows them unchanged (:mod:`.iptrecord`)."""
+        return self.live(fast)
 
     def diff(self, spec: Specification, live: BaseLive) -> Optional[Change]:
         """The apply of ``spec`` planned against ``live`` (None: nothing to write)."""
@@ -484,17 +487,6 @@ class IptablesNft(Iptables):
 
 
 __all__ = [
-    "CHAIN",
-    "JUMP",
-    "Change",
-    "Iptables",
-    "IptablesLegacy",
-    "IptablesNft",
-    "Live",
-    "LiveState",
-    "address_text",
-    "parse_rule",
-    "parse_state",
-    "quote",
-    "rule_lines",
-]
+    "CHAIN", "JUMP", "Change", "Iptables", "IptablesLegacy", "IptablesNft", "Live", "LiveState",
+    "address_text", "parse_rule", "parse_state", "quote", "rule_lines",
+]  # fmt: skip

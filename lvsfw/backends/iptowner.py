@@ -71,6 +71,10 @@ class Live:
     mine: frozenset[str] = frozenset()
     foreign: dict[str, str] = attrs.field(factory=dict)
     tables: Optional[frozenset[str]] = None
+    #: :meth:`owners` per family, computed once (a read is used by plan, diff and findings).
+    _owners: dict[Family, dict[MarkRule, str]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
 
     def problems(self, family: Family) -> list[str]:
         """Own lines and set members lvsfw does not understand, and foreign set rules."""
@@ -83,14 +87,18 @@ class Live:
 
     def owners(self, family: Family) -> dict[MarkRule, str]:
         """The own rules of ``family`` lvsfw understands, with their bundle names. What it
-        does not understand is in :meth:`problems`: drift to report and repair, not a crash."""
+        does not understand is in :meth:`problems`: drift to report and repair, not a crash.
+        (Computed once per read: do not modify the result.)"""
+        found = self._owners.get(family)
+        if found is not None:
+            return found
         owners: dict[MarkRule, str] = {}
         for rules, comment in self.chains[family].entries:
             owners.update(dict.fromkeys(rules, comment.partition(":")[2]))
         name = self.set_names[family]
         if name in self.chains[family].sets and name in self.sets:
-            for (vip, proto, port), (mark, mask, owner) in self.sets[name].members.items():
-                owners[MarkRule(family, vip, proto, port, port, mark, mask)] = owner
+            owners.update(self.sets[name].owners(family))
+        self._owners[family] = owners
         return owners
 
     @property
