@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lvsfw import registry
+from lvsfw.cluster import Cluster, Node
 from lvsfw.director import Director
 from lvsfw.drift import Drift, Report
 from lvsfw.enums import Family, Forwarding, Protocol, Scheduler
@@ -17,6 +18,7 @@ from lvsfw.errors import (
     ParseError,
     ValidationError,
 )
+from lvsfw.health import HealthCheck, SorryServer
 from lvsfw.model import Bundle, FirewallMark, RealServer, VirtualService
 from lvsfw.plan import Plan
 from lvsfw.ports import PortBundle, PortRange
@@ -38,6 +40,7 @@ def render_parts(bundles: Iterable[Bundle], backend: str) -> Rendered:
 __all__ = [
     "BackendUnavailable",
     "Bundle",
+    "Cluster",
     "CommandFailed",
     "ConflictError",
     "Director",
@@ -47,8 +50,10 @@ __all__ = [
     "FirewallMark",
     "Forwarding",
     "FwmarkService",
+    "HealthCheck",
     "LvsfwError",
     "MarkRule",
+    "Node",
     "ParseError",
     "Plan",
     "PortBundle",
@@ -58,6 +63,7 @@ __all__ = [
     "Rendered",
     "Report",
     "Scheduler",
+    "SorryServer",
     "Specification",
     "ValidationError",
     "VirtualService",

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import functools
+import gc
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,8 +36,10 @@ from typing import Any, Optional
 import attrs
 import tomli_w
 
+from lvsfw.cluster import Cluster
 from lvsfw.errors import ConflictError, LvsfwError, ParseError, ValidationError
 from lvsfw.model import FULL_MASK, Bundle, RealServer
+from lvsfw.ports import PortBundle
 from lvsfw.rules import specify
 from lvsfw.textscan import comment
 
@@ -55,6 +59,12 @@ BUNDLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "persistence_netmask": ((int, str), 'a prefix length or a netmask such as "255.255.255.0"'),
     "persistence_prefix": ((int,), "an IPv6 prefix length"),
     "real_servers": ((list,), "a list of addresses or tables"),
+    "health": ((dict,), 'a table such as { check = "http", path = "/healthz" }'),
+    "delay_loop": ((int,), "seconds between health checks"),
+    "sorry_server": ((str, dict), "an address or { address }"),
+    "quorum": ((int,), "the real servers' total weight below which the service is down"),
+    "hysteresis": ((int,), "an integer below the quorum"),
+    "inhibit_on_failure": ((bool,), "true or false"),
 }
 SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "address": ((str,), "an address"),
@@ -62,6 +72,7 @@ SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "forwarding": ((str,), "route, masq or tunnel"),
     "upper_threshold": ((int,), "an integer (0: none)"),
     "lower_threshold": ((int,), "an integer (0: none)"),
+    "health": ((dict,), 'a table such as { check = "tcp", port = 80 }'),
 }
 DIRECTOR_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "firewall": ((str,), "a packet-filter backend name or auto"),
@@ -112,6 +123,8 @@ class Config:
     bundles: tuple[Bundle, ...]
     director: DirectorSettings = DirectorSettings()
     path: str = "<string>"
+    #: The ``[cluster]`` table: the HA pair the bundles' VIPs fail over in (None: none).
+    cluster: Optional[Cluster] = None
 
 
 class _Lines:
@@ -126,7 +139,8 @@ class _Lines:
         self.lines = text.splitlines()
         self.tables: list[tuple[str, int]] = []  # (name, first line), only top-level tables
         self._starts: dict[str, list[int]] = {}
-        for number, line in enumerate(self.lines, 1):
+        candidates = [(n, line) for n, line in enumerate(self.lines, 1) if "[" in line]
+        for number, line in candidates:  # a header has a "[": test only those lines
             found = self._HEADER.match(line)
             name = found[1].strip() if found else ""
             if name and self._NAME.fullmatch(name) and not name.startswith("bundle."):
@@ -186,13 +200,25 @@ def _reason(exc: LvsfwError) -> str:
     return str(exc)
 
 
+def _fits(value: object, expected: tuple[tuple[type, ...], str]) -> bool:
+    """Whether ``value`` has one of the expected types (a bool only where bool is listed)."""
+    types = expected[0]
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
 def _check_type(
-    path: str, line: int, field: str, value: object, expected: tuple[tuple[type, ...], str]
+    path: str,
+    line: Callable[[], int] | int,
+    field: str,
+    value: object,
+    expected: tuple[tuple[type, ...], str],
 ) -> None:
-    types, description = expected
-    wrong_bool = isinstance(value, bool) and bool not in types
-    if wrong_bool or not isinstance(value, types):
-        raise ConfigError(path, line, field, f"{value!r} is not valid; expected {description}")
+    """Raise ConfigError when ``value`` is not of the expected types; ``line`` may be a
+    function, called only then (finding a line costs a scan of the table's text)."""
+    if not _fits(value, expected):
+        at = line() if callable(line) else line
+        description = expected[1]
+        raise ConfigError(path, at, field, f"{value!r} is not valid; expected {description}")
 
 
 def _director(path: str, data: object, lines: _Lines) -> DirectorSettings:
@@ -201,28 +227,36 @@ def _director(path: str, data: object, lines: _Lines) -> DirectorSettings:
         raise ConfigError(path, span[0], "director", "expected a [director] table")
     _check_keys(path, span[0], "director", data, DIRECTOR_KEYS, find=lambda k: lines.key(span, k))
     for key, value in data.items():
-        _check_type(path, lines.key(span, key), f"director.{key}", value, DIRECTOR_KEYS[key])
+        find = functools.partial(lines.key, span, key)
+        _check_type(path, find, f"director.{key}", value, DIRECTOR_KEYS[key])
     return DirectorSettings(**data)
 
 
-def _server(path: str, item: object, where: str, line: int) -> RealServer:
+def _server(path: str, item: object, where: str, find: Callable[[], int]) -> RealServer:
+    """One real server; ``find()`` is its line (only looked for when there is an error)."""
     if isinstance(item, dict):
-        _check_keys(path, line, where, item, SERVER_KEYS)
-        if "address" not in item:
-            raise ConfigError(path, line, where, "a real server table needs an 'address' key")
+        if not SERVER_KEYS.keys() >= item.keys() or "address" not in item:
+            _check_keys(path, find(), where, item, SERVER_KEYS)
+            raise ConfigError(path, find(), where, "a real server table needs an 'address' key")
         for key, value in item.items():
-            _check_type(path, line, f"{where}.{key}", value, SERVER_KEYS[key])
+            _check_type(path, find, f"{where}.{key}", value, SERVER_KEYS[key])
     elif not isinstance(item, str):
-        raise ConfigError(path, line, where, f"{item!r} is not valid; expected an address or table")
+        raise ConfigError(
+            path, find(), where, f"{item!r} is not valid; expected an address or table"
+        )
     try:
         return RealServer.parse(item)
     except (ValidationError, ParseError) as exc:
         field = getattr(exc, "field", "")
         suffix = f".{field}" if isinstance(item, dict) and field in SERVER_KEYS else ""
-        raise ConfigError(path, line, where + suffix, _reason(exc)) from None
+        raise ConfigError(path, find(), where + suffix, _reason(exc)) from None
 
 
-def _bundle(path: str, index: int, data: object, lines: _Lines) -> Bundle:
+def _bundle(
+    path: str, index: int, data: object, lines: _Lines, ports: dict[str, PortBundle]
+) -> Bundle:
+    """Bundle ``index``; ``ports``: the port lists parsed so far, by text (many bundles share
+    one: each distinct text is parsed once)."""
     span = lines.table("bundle", index)
     name = data.get("name") if isinstance(data, dict) else None
     where = f"bundle[{index}]" + (f" ({name})" if isinstance(name, str) else "")
@@ -233,7 +267,8 @@ def _bundle(path: str, index: int, data: object, lines: _Lines) -> Bundle:
         if required not in data:
             raise ConfigError(path, span[0], f"{where}.{required}", "missing (required)")
     for key, value in data.items():
-        _check_type(path, lines.key(span, key), f"{where}.{key}", value, BUNDLE_KEYS[key])
+        if not _fits(value, BUNDLE_KEYS[key]):
+            _check_type(path, lines.key(span, key), f"{where}.{key}", value, BUNDLE_KEYS[key])
     fields = dict(data)
     if isinstance(fields["ports"], list):
         if not all(isinstance(p, str) for p in fields["ports"]):
@@ -243,11 +278,17 @@ def _bundle(path: str, index: int, data: object, lines: _Lines) -> Bundle:
     servers = []
     for number, item in enumerate(fields.get("real_servers", [])):
         address = item.get("address") if isinstance(item, dict) else item
-        line = lines.key(span, "real_servers", address if isinstance(address, str) else None)
-        servers.append(_server(path, item, f"{where}.real_servers[{number}]", line))
+        quoted = address if isinstance(address, str) else None
+        find = functools.partial(lines.key, span, "real_servers", quoted)
+        servers.append(_server(path, item, f"{where}.real_servers[{number}]", find))
     fields["real_servers"] = servers
+    text = fields["ports"]
+    fields["ports"] = ports.get(text, text) if isinstance(text, str) else text
     try:
-        return Bundle(**fields)
+        bundle = Bundle(**fields)
+        if isinstance(text, str):
+            ports[text] = bundle.ports
+        return bundle
     except (ValidationError, ParseError) as exc:
         field = getattr(exc, "field", getattr(exc, "source", ""))
         key = _FIELD_OF_ERROR.get(field, field)
@@ -264,12 +305,17 @@ def loads(text: str, path: str = "<string>") -> Config:
     Every failure is a :class:`ConfigError` naming ``path``: a file nested too deeply for
     the TOML parser (arrays or inline tables hundreds deep) included.
     """
+    collecting = gc.isenabled()
+    gc.disable()  # everything built here lives on: collecting while building is wasted work
     try:
         return _loads(text, path)
     except RecursionError:
         raise ConfigError(
             path, None, None, "arrays or tables nested too deeply (TOML parser recursion limit)"
         ) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _loads(text: str, path: str) -> Config:
@@ -286,12 +332,14 @@ def _loads(text: str, path: str) -> Config:
             (n for t, n in lines.tables if t == key), lines.key((1, len(lines.lines) or 1), key)
         )
 
-    _check_keys(path, 1, "(top level)", data, {"director": None, "bundle": None}, find=top)
+    known = {"director": None, "bundle": None, "cluster": None}
+    _check_keys(path, 1, "(top level)", data, known, find=top)
     director = _director(path, data.get("director", {}), lines)
     raw = data.get("bundle", [])
     if not isinstance(raw, list):
         raise ConfigError(path, lines.table("bundle")[0], "bundle", "use [[bundle]] tables")
-    bundles = tuple(_bundle(path, i, item, lines) for i, item in enumerate(raw))
+    parsed: dict[str, PortBundle] = {}
+    bundles = tuple(_bundle(path, i, item, lines, parsed) for i, item in enumerate(raw))
     try:
         specify(bundles)
     except ConflictError as exc:
@@ -301,7 +349,22 @@ def _loads(text: str, path: str) -> Config:
             index = next((i for i, b in enumerate(bundles) if b.name == names[-1]), None)
             line = lines.table("bundle", index)[0] if index is not None else None
         raise ConfigError(path, line, "bundle", f"conflict: {exc}") from None
-    return Config(bundles, director, path)
+    return Config(bundles, director, path, _cluster(path, data.get("cluster"), lines, bundles))
+
+
+def _cluster(
+    path: str, data: object, lines: _Lines, bundles: tuple[Bundle, ...]
+) -> Optional[Cluster]:
+    """The ``[cluster]`` table (``[[cluster.node]]`` rows), checked against the bundles."""
+    if data is None:
+        return None
+    line = next((n for t, n in lines.tables if t in ("cluster", "cluster.node")), None)
+    try:
+        cluster = Cluster.parse(data)
+        cluster.check(bundles)
+    except ValidationError as exc:
+        raise ConfigError(path, line, "cluster", str(exc)) from None
+    return cluster
 
 
 def load(path: str) -> Config:
@@ -317,12 +380,15 @@ def load(path: str) -> Config:
 def server_data(server: RealServer) -> str | dict[str, object]:
     """A real server as the config writes it: its address alone when the rest is default."""
     defaults = RealServer(server.address)
-    if server == defaults:
+    if server == defaults and server.health is None:
         return str(server.address)
     data: dict[str, object] = {"address": str(server.address)}
     for field in attrs.fields(RealServer)[1:]:
         value = getattr(server, field.name)
-        if value != getattr(defaults, field.name):
+        if field.name == "health":
+            if value is not None:
+                data["health"] = value.data()
+        elif value != getattr(defaults, field.name):
             data[field.name] = str(value) if field.name == "forwarding" else value
     return data
 
@@ -345,6 +411,15 @@ def bundle_data(bundle: Bundle) -> dict[str, object]:
         if service.persistence_prefix != 128:
             data["persistence_prefix"] = service.persistence_prefix
     data["real_servers"] = [server_data(s) for s in service.real_servers]
+    if service.health is not None:
+        data["health"] = service.health.data()
+    if service.sorry_server is not None:
+        data["sorry_server"] = str(service.sorry_server.address)
+    for key in ("delay_loop", "quorum", "hysteresis"):
+        if getattr(service, key) is not None:
+            data[key] = getattr(service, key)
+    if service.inhibit_on_failure:
+        data["inhibit_on_failure"] = True
     return data
 
 

@@ -53,8 +53,13 @@ def _check_marks(bundles: Sequence[Bundle]) -> None:
         pairs = [(other, "mask")] if other.mark.mask != bundle.mark.mask else []
         for family in bundle.families:
             first = by_service.setdefault((family, mark), bundle)
-            if first.service.for_family(family) != bundle.service.for_family(family):
+            if first is bundle:  # the first with this mark: nothing to compare yet
+                continue
+            mine, theirs = first.service.for_family(family), bundle.service.for_family(family)
+            if mine != theirs:
                 pairs.append((first, f"{family} IPVS service"))
+            elif mine.keepalived_fields != theirs.keepalived_fields:
+                pairs.append((first, f"{family} health checks or failure settings"))
         for first, what in pairs[:1]:
             raise ConflictError(
                 f"bundles {first.name!r} and {bundle.name!r} share mark {mark} "

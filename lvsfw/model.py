@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import attrs
 
 from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler, address_key
 from lvsfw.errors import ValidationError
+from lvsfw.health import HealthCheck, SorryServer, count, parse_health, parse_sorry
 from lvsfw.ports import PortBundle, PortsLike
 
 #: The largest mark, and the mask of all 32 mark bits (:data:`FULL_MASK`).
@@ -128,7 +129,8 @@ class RealServer:
     """A real server of a fwmark service; it carries no port (``ADDR:0``).
 
     ``weight`` 0..65535 (0 quiesces it), ``forwarding`` route (direct routing, the default),
-    masq (NAT) or tunnel, ``upper_threshold``/``lower_threshold`` connection limits (0 = none).
+    masq (NAT) or tunnel, ``upper_threshold``/``lower_threshold`` connection limits (0 = none),
+    ``health`` its own keepalived check (None: the service's; not part of IPVS equality).
     """
 
     address: IPAddress = attrs.field(converter=_server_address, order=address_key)
@@ -136,6 +138,7 @@ class RealServer:
     forwarding: Forwarding = attrs.field(default=Forwarding.ROUTE, converter=_forwarding)
     upper_threshold: int = attrs.field(default=0, validator=_threshold)
     lower_threshold: int = attrs.field(default=0, validator=_threshold)
+    health: Optional[HealthCheck] = attrs.field(default=None, converter=parse_health, eq=False)
 
     @lower_threshold.validator
     def _lower(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -218,6 +221,12 @@ class VirtualService:
     ``scheduler`` (wlc by default), ``persistence`` timeout in seconds (None: no persistence),
     ``persistence_netmask`` (IPv4 prefix length for ``-M``, 32 by default),
     ``persistence_prefix`` (IPv6 prefix length, 128 by default), ``real_servers``.
+
+    What keepalived is told besides (IPVS never sees it, so it is not part of a service's
+    equality): ``health`` (:class:`lvsfw.health.HealthCheck` of every real server without its
+    own), ``delay_loop`` (seconds between checks), ``sorry_server`` (where clients go when no
+    real server is up), ``quorum``/``hysteresis`` (the weight sum below which the service is
+    down), ``inhibit_on_failure`` (a failed server gets weight 0 instead of leaving IPVS).
     """
 
     scheduler: Scheduler = attrs.field(default=Scheduler.WLC, converter=_scheduler)
@@ -225,6 +234,38 @@ class VirtualService:
     persistence_netmask: int = attrs.field(default=32, converter=_netmask)
     persistence_prefix: int = attrs.field(default=128, validator=_prefix6)
     real_servers: tuple[RealServer, ...] = attrs.field(default=(), converter=_real_servers)
+    health: Optional[HealthCheck] = attrs.field(default=None, converter=parse_health, eq=False)
+    delay_loop: Optional[int] = attrs.field(default=None, eq=False)
+    sorry_server: Optional[SorryServer] = attrs.field(
+        default=None, converter=parse_sorry, eq=False
+    )
+    quorum: Optional[int] = attrs.field(default=None, eq=False)
+    hysteresis: Optional[int] = attrs.field(default=None, eq=False)
+    inhibit_on_failure: bool = attrs.field(default=False, eq=False)
+
+    @delay_loop.validator
+    @quorum.validator
+    @hysteresis.validator
+    def _counts(self, attribute: attrs.Attribute[Optional[int]], value: object) -> None:
+        if attribute.name == "delay_loop":
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 86400
+            ):
+                raise ValidationError("delay_loop", value, "seconds 1..86400")
+        else:
+            count(attribute.name, value)
+
+    @inhibit_on_failure.validator
+    def _flag(self, attribute: attrs.Attribute[bool], value: object) -> None:
+        if not isinstance(value, bool):
+            raise ValidationError(attribute.name, value, "true or false")
+
+    @property
+    def keepalived_fields(self) -> tuple[object, ...]:
+        """What keepalived is told that IPVS never sees (for conflict checks)."""
+        servers = tuple((s.address, s.health) for s in self.real_servers)
+        return (self.health, self.delay_loop, self.sorry_server, self.quorum, self.hysteresis,
+                self.inhibit_on_failure, servers)  # fmt: skip
 
     def for_family(self, family: Family) -> VirtualService:
         """This service as IPVS keeps it for ``family``.
@@ -270,6 +311,31 @@ def _mark(value: object) -> FirewallMark:
 
 
 MarkLike = Union[FirewallMark, int, str]
+
+
+def _check_port(check: HealthCheck, ports: object, bundle: object) -> HealthCheck:
+    """``check`` with its ``port`` filled in: the bundle's first TCP port by default."""
+    if not check.connects or check.port is not None:
+        return check
+    tcp = [r.first_port for r in _ports(ports).ranges if r.protocol.value == "tcp"]
+    if not tcp:
+        raise ValidationError(
+            "health.port", None, f"a port: bundle {bundle!r} has no TCP port to check by default"
+        )
+    return attrs.evolve(check, port=min(tcp))
+
+
+def _with_ports(service: VirtualService, ports: object, name: object) -> VirtualService:
+    """``service`` with every connecting health check given a port (fwmark real servers
+    carry none, so keepalived must be told ``connect_port``)."""
+    if service.health is None and all(s.health is None for s in service.real_servers):
+        return service
+    health = service.health and _check_port(service.health, ports, name)
+    servers = tuple(
+        attrs.evolve(s, health=_check_port(s.health, ports, name)) if s.health else s
+        for s in service.real_servers
+    )
+    return attrs.evolve(service, health=health, real_servers=servers)
 _NO_SERVICE_KWARGS = object()
 
 
@@ -312,8 +378,25 @@ class Bundle:
             )
         if not isinstance(service, VirtualService):
             raise ValidationError("service", service, "a VirtualService")
-        self.__attrs_init__(name, vips, ports, mark, service)
+        self.__attrs_init__(name, vips, ports, mark, _with_ports(service, ports, name))
         self._check_families()
+        self._check_quorum()
+
+    def _check_quorum(self) -> None:
+        """keepalived lowers a quorum above the weight of a family's real servers, and a
+        hysteresis at or above the quorum, with a warning: refuse both here instead."""
+        vs = self.service
+        quorum = 1 if vs.quorum is None else vs.quorum
+        if vs.hysteresis is not None and vs.hysteresis >= quorum:
+            raise ValidationError("hysteresis", vs.hysteresis, f"below the quorum ({quorum})")
+        for family in self.families if vs.quorum is not None else ():
+            total = sum(s.weight for s in vs.real_servers if s.family == family)
+            if quorum > total:
+                raise ValidationError(
+                    "quorum", vs.quorum,
+                    f"at most the {family} real servers' total weight ({total}) in bundle"
+                    f" {self.name!r}",
+                )  # fmt: skip
 
     def _check_families(self) -> None:
         families = self.families

@@ -23,14 +23,19 @@ from collections.abc import Iterator
 
 import attrs
 
+from lvsfw.backends import kachecks, kaconf
 from lvsfw.backends.base import ServiceBackend
 from lvsfw.backends.ipvs import canonical
+from lvsfw.cluster import Cluster
 from lvsfw.enums import Family, Forwarding, Scheduler
-from lvsfw.errors import LvsfwError, ParseError
+from lvsfw.errors import LvsfwError, ParseError, ValidationError
 from lvsfw.model import MAX_MARK, RealServer, VirtualService
 from lvsfw.rules import FwmarkService, Specification
 
 KINDS = {Forwarding.ROUTE: "DR", Forwarding.MASQ: "NAT", Forwarding.TUNNEL: "TUN"}
+#: What the keepalived.conf including lvsfw's blocks must say in its ``global_defs`` when a
+#: bundle has a ``misc`` check (keepalived refuses to run check scripts otherwise).
+SCRIPT_SECURITY = "global_defs {\n    enable_script_security\n    script_user root\n}\n"
 _METHODS = {v: k for k, v in KINDS.items()}
 #: keepalived's persistence_timeout without a value (IPVS_SVC_PERSISTENT_TIMEOUT).
 DEFAULT_TIMEOUT = 360
@@ -50,8 +55,9 @@ def render_block(fs: FwmarkService, delay_loop: int | None = None) -> str:
     lines = [f"virtual_server fwmark {fs.mark} {{"]
     if fs.family == Family.IPV6:
         lines.append("    ip_family inet6")
-    if delay_loop is not None:
-        lines.append(f"    delay_loop {delay_loop}")
+    if delay_loop is not None and vs.delay_loop is None:
+        vs = attrs.evolve(vs, delay_loop=delay_loop)
+    lines += kachecks.service_lines(vs, fs.family)
     lines += [f"    lb_algo {vs.scheduler.value}", f"    lb_kind {KINDS[kind]}"]
     if vs.persistence is not None:
         lines.append(f"    persistence_timeout {vs.persistence}")
@@ -68,6 +74,7 @@ def render_block(fs: FwmarkService, delay_loop: int | None = None) -> str:
             lines.append(f"        uthreshold {server.upper_threshold}")
         if server.lower_threshold:
             lines.append(f"        lthreshold {server.lower_threshold}")
+        lines += kachecks.server_lines(server.health or vs.health, vs.inhibit_on_failure)
         lines.append("    }")
     lines.append("}")
     return "".join(line + "\n" for line in lines)
@@ -146,6 +153,7 @@ def _server(node: _Node, default: Forwarding) -> RealServer:
             fields["forwarding"] = _method(child)
         elif keyword in {"uthreshold", "lthreshold"}:
             fields[f"{'upper' if keyword[0] == 'u' else 'lower'}_threshold"] = _int(child)
+    fields["health"] = kachecks.checker_of(node.children or ())
     return RealServer.parse(fields)
 
 
@@ -173,9 +181,25 @@ def _service(node: _Node) -> FwmarkService:
         else:
             netmask = ipaddress.IPv4Network(f"0.0.0.0/{granularity}").prefixlen
     vs = VirtualService(
-        Scheduler.parse(scheduler, "lb_algo"), persistence, netmask, prefix, servers
+        Scheduler.parse(scheduler, "lb_algo"), persistence, netmask, prefix, servers,
+        **kachecks.service_fields(items),  # type: ignore[arg-type]
     )
+    vs = _shared_health(vs, node)
     return canonical(FwmarkService(family, mark, vs))
+
+
+def _shared_health(vs: VirtualService, node: _Node) -> VirtualService:
+    """One check every real server has becomes the service's (as lvsfw renders it);
+    ``inhibit_on_failure`` on every server is the service's."""
+    checks = {s.health for s in vs.real_servers}
+    blocks = [n for n in node.children or () if n.words[:1] == ("real_server",)]
+    inhibit = bool(blocks) and all(
+        any(c.words == ("inhibit_on_failure",) for c in b.children or ()) for b in blocks
+    )
+    if len(checks) == 1 and None not in checks:
+        servers = tuple(attrs.evolve(s, health=None) for s in vs.real_servers)
+        vs = attrs.evolve(vs, health=checks.pop(), real_servers=servers)
+    return attrs.evolve(vs, inhibit_on_failure=inhibit)
 
 
 def parse_blocks(text: str) -> frozenset[FwmarkService]:
@@ -214,14 +238,30 @@ class Keepalived(ServiceBackend):
 
     name = "keepalived"
 
-    def __init__(self, netns: str | None = None, delay_loop: int | None = None) -> None:
+    def __init__(
+        self,
+        netns: str | None = None,
+        delay_loop: int | None = None,
+        cluster: Cluster | None = None,
+        node: str | None = None,
+    ) -> None:
         super().__init__(netns)
         self.delay_loop = delay_loop
+        #: With ``node``: render the whole keepalived.conf of that director of ``cluster``.
+        self.cluster, self.node = cluster, node
+        if node is not None and cluster is None:
+            raise ValidationError("node", node, "a [cluster] table naming the nodes")
+        if cluster is not None and node is not None:
+            cluster.node(node)
 
     def render_spec(self, spec: Specification) -> str:
-        """The blocks of ``spec``'s services, by mark, IPv4 first."""
+        """The blocks of ``spec``'s services, by mark, IPv4 first; for a cluster node, the
+        whole keepalived.conf of that director (:func:`lvsfw.backends.kaconf.render_cluster`)."""
         services = sorted(spec.services, key=lambda s: (s.mark, s.family))
-        return "\n".join(render_block(s, self.delay_loop) for s in services)
+        blocks = [render_block(s, self.delay_loop) for s in services]
+        if self.cluster is not None and self.node is not None:
+            return kaconf.render_cluster(self.cluster, self.node, spec, blocks)
+        return "\n".join(blocks)
 
     def parse(self, text: str) -> frozenset[FwmarkService]:
         """The fwmark services in keepalived.conf ``text`` (see :func:`parse_blocks`)."""
