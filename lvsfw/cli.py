@@ -16,12 +16,13 @@ from typing import Any, Callable, Optional, TypeVar
 import attrs
 import click
 
-from lvsfw import config, importers, registry, state
+from lvsfw import cli_fleet, config, registry, state
+from lvsfw.backends.keepalived import Keepalived
 from lvsfw.director import Director
 from lvsfw.drift import Report
 from lvsfw.errors import LvsfwError
+from lvsfw.importers.command import import_command
 from lvsfw.lock import LOCK_DIR
-from lvsfw.markscan import Scan, scan
 from lvsfw.model import mark_text
 from lvsfw.output import plan_json, ports_text, rule_json, service_json, summary, table
 from lvsfw.rules import FwmarkService, normalize, specify
@@ -162,15 +163,6 @@ def cli() -> None:
     """
 
 
-def _read_text(path: str) -> str:
-    """The UTF-8 text of ``path``; an unreadable or undecodable file is one clear error."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LvsfwError(f"{path}: cannot read: {exc}") from None
-
-
 @cli.command()
 @CONFIG
 @json_option
@@ -205,8 +197,11 @@ def check(file: str, as_json: bool) -> None:
     help=f"One of: {', '.join(registry.BUILTIN)} (default: the file's firewall).",
 )
 @click.option("--part", metavar="NAME", help="Print part NAME alone: one tool's input, as is.")
+@click.option("--node", metavar="NAME", help="keepalived: the whole keepalived.conf of NAME.")
 @json_option
-def render(file: str, backend: Optional[str], part: Optional[str], as_json: bool) -> None:
+def render(
+    file: str, backend: Optional[str], part: Optional[str], node: Optional[str], as_json: bool
+) -> None:
     """Print what BACKEND would load for FILE; no kernel access.
 
     Every part, combined for reading; with --part, one part alone, to pipe into the command
@@ -218,13 +213,17 @@ def render(file: str, backend: Optional[str], part: Optional[str], as_json: bool
                 ip6tables  ip6tables-legacy-restore --noflush (-nft: ip6tables-nft-restore)
     nftables:   nft        nft -f -
     ipvs:       ipvsadm    ipvsadm -R
-    keepalived: keepalived include it from keepalived.conf
+    keepalived: keepalived include it from keepalived.conf (with --node NAME: the whole
+                           keepalived.conf of director NAME of the [cluster] table)
     """
     cfg = config.load(file)
     name = backend or cfg.director.firewall or DEFAULT_FIREWALL
     if name == "auto":
         raise click.UsageError("render needs a named --backend, not auto")
-    rendered = registry.get(name)().render_parts(specify(cfg.bundles))
+    if node is not None and name != "keepalived":
+        raise click.UsageError("--node goes with --backend keepalived")
+    chosen = Keepalived(cluster=cfg.cluster, node=node) if node else registry.get(name)()
+    rendered = chosen.render_parts(specify(cfg.bundles))
     text = str(rendered) if part is None else rendered.part(part)
     if as_json:
         parts = [{"name": n, "text": t} for n, t in rendered.parts]
@@ -258,6 +257,21 @@ def plan(file: str, as_json: bool, verbose: bool, **flags: Any) -> None:
 @json_option
 def apply(file: str, yes: bool, as_json: bool, **flags: Any) -> None:
     """Make the live marks and IPVS services equal FILE; prints what it did."""
+    with cli_fleet.recording(lambda: _state_file(file, flags), _one_line):  # for metrics
+        _apply(file, yes, as_json, flags)
+
+
+def _state_file(file: str, flags: dict[str, Any]) -> str:
+    """The state file an apply of FILE with ``flags`` uses (FILE unreadable: the flags')."""
+    try:
+        cfg: Optional[config.Config] = config.load(file)
+    except LvsfwError:
+        cfg = None
+    settings = _settings(cfg, flags)
+    return settings.state_file or state.state_path(settings.netns)
+
+
+def _apply(file: str, yes: bool, as_json: bool, flags: dict[str, Any]) -> None:
     cfg = config.load(file)
     director = _director(cfg, flags)
     if not yes:
@@ -306,13 +320,27 @@ CONFIG_OPTION = click.option(
 )
 
 
-@cli.command()
+@cli.command(help=cli_fleet.SHOW_HELP)
+@click.argument("file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False))
 @CONFIG_OPTION
 @kernel_options
 @json_option
-def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
-    """Show what lvsfw owns now: its mark rules and IPVS services."""
-    director = _director(_optional_config(config_file), flags, owned=True)
+@click.option("--format", "fmt", type=click.Choice(cli_fleet.FORMATS), default="text",
+              show_default=True, help="text: what lvsfw owns; dot, svg: a picture of FILE.")
+@click.option("--live", is_flag=True, help="dot, svg: drift in red, down servers in grey.")
+def show(
+    file: Optional[str], config_file: Optional[str], as_json: bool, fmt: str, live: bool,
+    **flags: Any,
+) -> None:  # fmt: skip
+    if fmt != "text":
+        cli_fleet.draw(file, config_file, as_json=as_json, fmt=fmt, live=live,
+                       director_for=lambda c: _director(c, flags))  # fmt: skip
+        return
+    if live:
+        raise click.UsageError("--live is for --format dot or svg")
+    if file is not None and config_file is not None:
+        raise click.UsageError("give FILE or -c FILE, not both")
+    director = _director(_optional_config(file or config_file), flags, owned=True)
     snapshots = director.snapshots()  # every packet filter that may hold lvsfw's rules
     where_rule = {r: name for name, snap in snapshots.items() for r in normalize(snap.rules)}
     owners = {r: o for snap in snapshots.values() for r, o in snap.owners.items()}
@@ -321,8 +349,8 @@ def show(config_file: Optional[str], as_json: bool, **flags: Any) -> None:
     owned = state.load(director.state_file)
     services: list[FwmarkService] = []
     if director.ipvs is not None and owned.services:
-        live = director.ipvs.observe(owned.services).services
-        services = sorted(s for s in live if (s.family, s.mark) in owned.services)
+        held = director.ipvs.observe(owned.services).services
+        services = sorted(s for s in held if (s.family, s.mark) in owned.services)
     if as_json:
         _emit(
             {
@@ -413,82 +441,25 @@ def save(file: str, directory: str, as_json: bool, **flags: Any) -> None:
         click.echo("\n".join(paths))
 
 
-@cli.command(name="import")
-@click.argument("source", metavar="lvs.cf|keepalived.conf", type=click.Path(dir_okay=False))
-@click.option(
-    "--format",
-    "kind",
-    type=click.Choice(["auto", "lvs.cf", "keepalived"]),
-    default="auto",
-    show_default=True,
-    help="What the file is.",
-)
-@click.option(
-    "--rules",
-    "rules_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="iptables-save (with ipset save) and/or 'nft list ruleset' output holding the marks.",
-)
-@click.option("--live", is_flag=True, help="Read the marks from the live kernel instead.")
-@click.option("--netns", metavar="NAME", help="With --live: the network namespace to read.")
-@click.option(
-    "--output",
-    "-o",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="Write the config to FILE (default: stdout).",
-)
-@json_option
-def import_(
-    *,
-    source: str,
-    kind: str,
-    rules_file: Optional[str],
-    live: bool,
-    netns: Optional[str],
-    output: Optional[str],
-    as_json: bool,
-) -> None:
-    """Write the lvsfw config equivalent to a Piranha lvs.cf or a keepalived.conf.
+cli.add_command(import_command)  # its body: lvsfw/importers/command.py
 
-    Neither file lists a mark's ports: they come from the packet-filter rules that set the
-    mark (--rules FILE or --live). Every mark no rule sets is named on stderr; exit 1 when
-    one had to be left out (it is written commented out, to finish by hand).
+
+@cli.command()
+@click.argument("file", metavar="[FILE]", required=False, type=click.Path(dir_okay=False))
+@kernel_options
+@click.option("--textfile", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Write them to PATH atomically (node_exporter's textfile collector, *.prom).")
+def metrics(file: Optional[str], textfile: Optional[str], **flags: Any) -> None:
+    """Print Prometheus metrics: bundles, drift, the last apply, IPVS counters.
+
+    With FILE, also its bundles and verify's drift findings by bundle and kind (0 when
+    clean). Without, what lvsfw owns now. A part that cannot be read (the IPVS table, the
+    kernel's rules) is left out, marked lvsfw_collector_success 0, named on stderr, and the
+    exit status is 1; the other metrics are still written.
     """
-    if rules_file and live:
-        raise click.UsageError("give --rules FILE or --live, not both")
-    text = _read_text(source)
-    rules = Scan()
-    if rules_file:
-        rules = scan(_read_text(rules_file), rules_file)
-    elif live:
-        rules = importers.read_live(netns)
-    result = importers.import_text(text, source, kind, rules)
-    origin = rules_file or ("the live kernel" if live else "no rules (pass --rules or --live)")
-    toml = result.config_text(
-        [f"lvsfw config imported from {source}", f"marks' VIPs and ports from {origin}"]
-    )
-    if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(toml)
-    if as_json:
-        _emit(
-            {
-                "config": toml,
-                "bundles": [b.name for b in result.bundles],
-                "unmatched": list(result.unmatched),
-                "left_out": [n for n, _ in result.stubs],
-                "warnings": list(result.warnings),
-                "output": output,
-            }
-        )
-    else:
-        for warning in result.warnings:
-            click.echo(f"lvsfw: warning: {warning}", err=True)
-        if not output:
-            click.echo(toml, nl=False)
-    click.get_current_context().exit(EXIT_ERROR if result.stubs else EXIT_OK)
+    cfg = config.load(file) if file else None
+    if not cli_fleet.metrics_out(_director(cfg, flags, owned=cfg is None), cfg, textfile):
+        click.get_current_context().exit(EXIT_ERROR)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

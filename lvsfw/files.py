@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from lvsfw.errors import LvsfwError
+
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` so that a reader sees the old file or the new one, whole.
@@ -32,3 +34,12 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of ``path``; an unreadable or undecodable file is one clear error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LvsfwError(f"{path}: cannot read: {exc}") from None

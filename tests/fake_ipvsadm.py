@@ -12,10 +12,16 @@ State file: ``$FAKE_IPVSADM_STATE`` (JSON). Keys besides the table:
 - ``absent``: true -- every call fails like a kernel without IPVS.
 - ``calls``: the mutating calls so far; ``log``: the argv of every successful mutating call.
 
-Supported: -A -E -D -a -e -d -C -R, -S [-n], -L -n [--thresholds]; services -f MARK [-6],
+Supported: -A -E -D -a -e -d -C -R, -S [-n], -L -n [--thresholds | --stats [--exact]]; services
+-f MARK [-6],
 -t/-u/--sctp-service ADDR:PORT (to play foreign services); -s -p -M -r -g -m -i -w -x -y
 --tun-type. lvsfw's commands go through ``sh`` with a fixed environment, so use
 :func:`install`: it writes a wrapper executable that sets ``$FAKE_IPVSADM_STATE``.
+
+Traffic: a real server's ``active``/``inactive`` connections and ``stats`` (``conns``,
+``inpkts``, ``outpkts``, ``inbytes``, ``outbytes``) are 0 until :func:`traffic` sets them; a
+service's stats are the sums over its real servers (as the kernel's are, for fwmark services
+whose real servers were all there from the start).
 """
 
 from __future__ import annotations
@@ -79,6 +85,29 @@ def update(wrapper: Path, **changes: Any) -> None:
     (wrapper.parent / "ipvs.json").write_text(json.dumps(state))
 
 
+STATS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+
+def traffic(
+    wrapper: Path, mark: int, server: str, *, af: int = 4, active: int = 0, inactive: int = 0,
+    **stats: int,
+) -> None:
+    """Give real server ``server`` of fwmark service ``mark`` (family ``af``) connections and
+    counters (``conns=..., inpkts=...``: see :data:`STATS`)."""
+    unknown = set(stats) - set(STATS)
+    if unknown:
+        raise ValueError(f"unknown counters {sorted(unknown)}; known: {STATS}")
+    data = state_of(wrapper)
+    service = find(data["services"], {"kind": "-f", "mark": mark, "af": af})
+    if service is None:
+        raise LookupError(f"no fwmark service {mark} (IPv{af})")
+    dest = next((d for d in service["dests"] if d["addr"] == server), None)
+    if dest is None:
+        raise LookupError(f"fwmark service {mark} has no real server {server}")
+    dest.update(active=active, inactive=inactive, stats={k: stats.get(k, 0) for k in STATS})
+    (wrapper.parent / "ipvs.json").write_text(json.dumps(data))
+
+
 def table(wrapper: Path) -> str:
     """The double's table as ``ipvsadm -S -n`` prints it (for before/after comparisons)."""
     return save(state_of(wrapper)["services"])
@@ -111,7 +140,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
                 raise Failure(f"option {arg} needs an argument", 2)
             opts[arg] = argv[i + 1]
             i += 1
-        elif arg in {"-6", "-g", "-m", "-i", "-n", "--thresholds"}:
+        elif arg in {"-6", "-g", "-m", "-i", "-n", "--thresholds", "--stats", "--exact"}:
             opts["switches"].add(arg)
         else:
             raise Failure(f"invalid option `{arg}'", 2)
@@ -218,6 +247,8 @@ def execute(opts: dict[str, Any], services: list[dict[str, Any]], stdin: str) ->
     cmd = opts["cmd"]
     if cmd == "-S":
         return save(services)
+    if cmd == "-L" and "--stats" in opts["switches"]:
+        return stats_listing(services, "--exact" in opts["switches"])
     if cmd == "-L":
         return listing(services, "--thresholds" in opts["switches"])
     if cmd == "-C":
@@ -269,6 +300,8 @@ def dest_command(cmd: str, opts: dict[str, Any], current: dict[str, Any]) -> Non
         raise Failure("No such destination")
     if match is not None:
         current["dests"].remove(match)
+        if cmd == "-e":  # the kernel keeps a real server's connections and counters
+            dest.update({k: match[k] for k in ("active", "inactive", "stats") if k in match})
     if cmd != "-d":
         current["dests"].append(dest)
 
@@ -352,10 +385,51 @@ def listing(services: list[dict[str, Any]], thresholds: bool) -> str:
         out.append(line)
         for d in _dests(s):
             host = _host(d["af"], d["addr"], d["port"])
+            act, inact = d.get("active", 0), d.get("inactive", 0)
             if thresholds:
-                out.append(f"  -> {host:<28} {d['x']:<10} {d['y']:<10} {0:<10} {0:<10}")
+                out.append(f"  -> {host:<28} {d['x']:<10} {d['y']:<10} {act:<10} {inact:<10}")
             else:
-                out.append(f"  -> {host:<28} {names[d['fwd']]:<7} {d['weight']:<6} {0:<10} {0:<10}")
+                fwd = names[d["fwd"]]
+                out.append(f"  -> {host:<28} {fwd:<7} {d['weight']:<6} {act:<10} {inact:<10}")
+    return "".join(line + "\n" for line in out)
+
+
+def largenum(n: int, exact: bool) -> str:
+    """ipvsadm's print_largenum: ``%*llu`` (at least 9 wide) with --exact, else K/M/G/T."""
+    if exact:
+        text = str(n)
+        return text.rjust(9 if len(text) <= 8 else len(text) + 1)
+    for limit, divisor, unit in (
+        (10**8, 1, ""),
+        (10**9, 10**3, "K"),
+        (10**11, 10**6, "M"),
+        (10**14, 10**9, "G"),
+    ):
+        if n < limit:
+            return f"{n // divisor:>{9 - len(unit)}}{unit}"
+    return f"{n // 10**12:>8}T"
+
+
+def stats_listing(services: list[dict[str, Any]], exact: bool) -> str:
+    """``ipvsadm -L -n --stats [--exact]``: printf("%-33s") then five print_largenum."""
+    out = [
+        "IP Virtual Server version 1.2.1 (size=4096)",
+        "%-33s %8s %8s %8s %8s %8s"  # noqa: UP031 - ipvsadm's own format
+        % ("Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"),
+        "  -> RemoteAddress:Port",
+    ]
+    for s in _sorted(services):
+        if s["kind"] == "-f":
+            name = f"FWM  {_signed(s['mark'])}" + (" IPv6" if s["af"] == 6 else "")
+        else:
+            name = f"{PROTO[s['kind']]}  {_host(s['af'], s['addr'], s['port'])}"
+        dests = _dests(s)
+        totals = [sum(d.get("stats", {}).get(k, 0) for d in dests) for k in STATS]
+        out.append(f"{name:<33}" + "".join(largenum(n, exact) for n in totals))
+        for d in dests:
+            counts = [d.get("stats", {}).get(k, 0) for k in STATS]
+            host = _host(d["af"], d["addr"], d["port"])
+            out.append(f"  -> {host:<28}" + "".join(largenum(n, exact) for n in counts))
     return "".join(line + "\n" for line in out)
 
 

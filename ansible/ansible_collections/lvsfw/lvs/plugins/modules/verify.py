@@ -1,0 +1,153 @@
+"""lvsfw.lvs.verify: fail when a director's live marks or IPVS services drifted from bundles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.lvsfw.lvs.plugins.module_utils import common
+
+DOCUMENTATION = r"""
+---
+module: verify
+short_description: Fail when an LVS director's marks or IPVS services drifted from bundles
+version_added: "0.1.0"
+description:
+  - Runs C(lvsfw verify) on the director, which reads the live kernel back in full (the packet
+    filter's mark rules and lvsfw's IPVS fwmark services) and compares it with the bundles.
+  - Fails the task on any drift, the drift lines in C(msg) (one line, findings separated by
+    C(; )) and as data in C(drift); succeeds with V(changed=false) when the director matches.
+  - Never writes anything, so it runs the same in check mode. Meant as a post-task after
+    M(lvsfw.lvs.bundles), or on its own from a monitoring playbook.
+author:
+  - lvsfw developers
+requirements:
+  - lvsfw installed for the python that runs the module on the director
+  - root on the director
+attributes:
+  check_mode:
+    support: full
+    description: Read only; runs in check mode as it does otherwise.
+  diff_mode:
+    support: none
+options:
+  config:
+    description:
+      - Path (on the director) of a lvsfw TOML configuration (its C([director]) table applies
+        unless the task overrides it). Mutually exclusive with O(bundles); one is required.
+    type: path
+  bundles:
+    description:
+      - The bundles, the same tables as a TOML file's C([[bundle]]) entries (see
+        M(lvsfw.lvs.bundles)). An empty list verifies that lvsfw holds nothing.
+    type: list
+    elements: dict
+  firewall:
+    description:
+      - The packet filter (V(nftables), V(iptables-nft), V(iptables-legacy), V(auto)); default
+        the config's setting, else the one lvsfw's state file records, else V(nftables).
+    type: str
+  ipvs:
+    description: Verify the IPVS services too; default the config's setting, else V(true).
+    type: bool
+  netns:
+    description: The network namespace to read; default the current one.
+    type: str
+  node:
+    description:
+      - Reserved for the keepalived runtime (see M(lvsfw.lvs.bundles)); fails while the
+        installed lvsfw has no per-node settings.
+    type: str
+  state_file:
+    description: lvsfw's state file; default C(/var/lib/lvsfw/state.json) (one per namespace).
+    type: path
+  lock_dir:
+    description: For testing. The directory of lvsfw's lock file (verify takes no lock).
+    type: path
+  lock_timeout:
+    description: Accepted for symmetry with M(lvsfw.lvs.bundles); verify takes no lock.
+    type: float
+    default: 60
+  ipvsadm:
+    description: For testing. The ipvsadm program to run; default C(ipvsadm) on the PATH.
+    type: path
+seealso:
+  - module: lvsfw.lvs.bundles
+"""
+
+EXAMPLES = r"""
+- name: Apply, then prove the kernel holds it
+  block:
+    - name: Apply the bundles
+      lvsfw.lvs.bundles:
+        config: /etc/lvsfw/lvsfw.toml
+    - name: Verify
+      lvsfw.lvs.verify:
+        config: /etc/lvsfw/lvsfw.toml
+
+- name: Nothing of lvsfw left after a removal
+  lvsfw.lvs.verify:
+    bundles: []
+"""
+
+RETURN = r"""
+ok:
+  description: True when nothing drifted.
+  returned: always
+  type: bool
+drift:
+  description: Each finding (C(kind), C(bundle), C(detail)), as C(lvsfw verify --json) lists them.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - kind: missing
+      bundle: web
+      detail: 192.0.2.10 tcp:443 is not marked (want mark 80)
+drift_lines:
+  description: Each finding as C(lvsfw verify) prints it.
+  returned: always
+  type: list
+  elements: str
+firewall:
+  description: The packet filter read.
+  returned: always
+  type: str
+"""
+
+
+def run(module: AnsibleModule) -> dict[str, Any]:
+    """Verify; the task's result (failed when there is drift)."""
+    bundles, settings = common.load(module.params)
+    director = common.director(module.params, settings)
+    report = director.verify(list(bundles or ()))
+    result: dict[str, Any] = {
+        "changed": False,
+        "ok": report.ok,
+        "drift": common.drift_json(report),
+        "drift_lines": [str(d) for d in report.drift],
+        "firewall": director.firewall.name,
+    }
+    if not report.ok:
+        module.fail_json(msg=common.drift_message(report), **result)
+    return result
+
+
+def main() -> None:
+    """The module's entry point."""
+    module = AnsibleModule(
+        argument_spec=dict(common.COMMON_OPTIONS),
+        mutually_exclusive=common.MUTUALLY_EXCLUSIVE,
+        required_one_of=[("config", "bundles")],
+        supports_check_mode=True,
+    )
+    common.require_lvsfw(module)
+    try:
+        result = run(module)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line in msg
+        common.fail_on_error(module, exc)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
