@@ -266,7 +266,10 @@ def test_keepalived_with_nft_rules() -> None:
     assert config.loads(text).bundles == result.bundles  # the stub stays a comment
     warnings = "\n".join(result.warnings)
     assert "keepalived.conf:54: real server port 80 dropped" in warnings
-    assert "keepalived.conf:56: 'HTTP_GET' not imported" in warnings
+    assert "HTTP_GET" not in warnings  # carried over: the real server's health check
+    web = next(b for b in result.bundles if b.mark.value == 80)
+    web_server = web.service.real_servers[0]
+    assert web_server.health is not None and web_server.health.path == "/healthz"
     assert "keepalived.conf:33: 'virtual_server 192.0.2.25 25' not imported" in warnings
 
 

@@ -26,7 +26,7 @@ import attrs
 
 from lvsfw.enums import Family, Forwarding, IPAddress, Protocol, Scheduler
 from lvsfw.errors import LvsfwError, ParseError
-from lvsfw.importers import tree
+from lvsfw.importers import checks, tree
 from lvsfw.importers.source import Source, not_imported
 from lvsfw.model import MAX_MARK, RealServer, VirtualService, parse_address
 from lvsfw.ports import PortRange
@@ -47,7 +47,10 @@ CHECKERS = {
     "HTTP_GET", "SSL_GET", "TCP_CHECK", "SMTP_CHECK", "DNS_CHECK", "MISC_CHECK", "BFD_CHECK",
     "UDP_CHECK", "PING_CHECK", "FILE_CHECK",
 }  # fmt: skip
-_CHECKING = "lvsfw has no health checks (a failed real server stays in the service)"
+_CHECKING = (
+    "lvsfw holds TCP_CHECK, HTTP_GET, SSL_GET and MISC_CHECK, one per real server (a real"
+    " server it does not check stays in the service)"
+)
 REASONS = {
     **dict.fromkeys(CHECKERS, _CHECKING),
     **dict.fromkeys(
@@ -116,6 +119,7 @@ class _Server:
     server: RealServer
     port: Optional[int]
     node: tree.Node
+    inhibit: bool = False  # its own inhibit_on_failure (lvsfw holds the service's)
 
 
 def _real_server(node: tree.Node, default: Forwarding, warn: list[str]) -> _Server:
@@ -123,6 +127,7 @@ def _real_server(node: tree.Node, default: Forwarding, warn: list[str]) -> _Serv
         raise _fail(node, "expected 'real_server ADDRESS [PORT]'")
     port = _int(node, node.words[2]) if len(node.words) == 3 else None
     fields: dict[str, object] = {"address": node.words[1], "forwarding": default}
+    inhibit = False
     for child in node.children or ():
         keyword = child.keyword
         if child.children is None and keyword == "weight":
@@ -131,10 +136,14 @@ def _real_server(node: tree.Node, default: Forwarding, warn: list[str]) -> _Serv
             fields["forwarding"] = _method(child, warn)
         elif child.children is None and keyword in {"uthreshold", "lthreshold"}:
             fields[f"{'upper' if keyword[0] == 'u' else 'lower'}_threshold"] = _int(child)
+        elif child.children is not None and keyword in checks.HELD and "health" not in fields:
+            fields["health"] = checks.checker(child, port, warn)
+        elif child.children is None and child.words == ("inhibit_on_failure",):
+            inhibit = True
         elif keyword:
             warn.append(not_imported(child.where, keyword, REASONS.get(keyword, _OTHER)))
     try:
-        return _Server(RealServer.parse(fields), port, node)
+        return _Server(RealServer.parse(fields), port, node, inhibit)
     except (LvsfwError, ValueError) as exc:
         raise _fail(node, str(exc)) from None
 
@@ -217,9 +226,16 @@ def _service(node: tree.Node, vip_family: Optional[Family], warn: list[str]) -> 
     proto = _one(items["protocol"]) if "protocol" in items else "TCP"
     try:
         netmask, prefix = _granularity(items, family or Family.IPV4)
+        extra = _keepalived_fields(items, warn)
+        if servers and all(s.inhibit for s in servers):
+            extra["inhibit_on_failure"] = True  # on every server: the service's setting
+        else:
+            warn += [not_imported(s.node.where, "inhibit_on_failure", "lvsfw holds it for the"
+                                  " whole service (every real server), not one")
+                     for s in servers if s.inhibit]  # fmt: skip
         service = VirtualService(
             Scheduler.parse(scheduler, "lb_algo"), _persistence(items), netmask, prefix,
-            [s.server for s in servers], **_keepalived_fields(items, warn),
+            [s.server for s in servers], **extra,
         )  # fmt: skip
         protocol = Protocol.parse(proto.lower(), "protocol")
     except (LvsfwError, ValueError) as exc:
