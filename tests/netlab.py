@@ -16,6 +16,7 @@ the lab's namespaces, and ``close()`` (also ``__exit__``) deletes both namespace
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -25,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -70,6 +71,22 @@ def ensure_kernel(tools: Iterable[str] = ()) -> None:
     problem = kernel_problem(tools)
     if problem:
         require_kernel(problem)
+
+
+@contextlib.contextmanager
+def empty_netns(tools: Iterable[str] = ()) -> Iterator[str]:
+    """A throwaway, empty network namespace ``lvsfw-t-<hex>`` (after :func:`ensure_kernel` of
+    ``tools``); always deleted, pass or fail."""
+    ensure_kernel(tools)
+    name = f"lvsfw-t-{secrets.token_hex(4)}"
+    try:
+        run(["ip", "netns", "add", name])
+    except LabError as exc:
+        require_kernel(f"cannot create a network namespace: {exc}")
+    try:
+        yield name
+    finally:
+        run(["ip", "netns", "delete", name], check=False)
 
 
 def run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:

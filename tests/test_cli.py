@@ -19,7 +19,7 @@ from lvsfw.backends.iptables import Iptables
 from lvsfw.cli import cli
 from lvsfw.enums import Family
 from tests import fake_ipvsadm
-from tests.netlab import LabError, ensure_kernel, require_kernel, run, xtables_tools
+from tests.netlab import empty_netns, ensure_kernel, run, xtables_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -234,16 +234,8 @@ def test_import_errors(tmp_path: Path) -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A throwaway, empty network namespace ``lvsfw-t-<hex>``; always deleted."""
-    ensure_kernel()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    try:
-        run(["ip", "netns", "add", name])
-    except LabError as exc:
-        require_kernel(f"cannot create a network namespace: {exc}")
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        run(["ip", "netns", "delete", name], check=False)
 
 
 FIREWALLS = {

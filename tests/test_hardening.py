@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import signal
 import sys
 import time
@@ -25,7 +24,7 @@ from lvsfw.lock import LockTimeout, lock_path, locked
 from lvsfw.lvscf import _lvs_tree
 from lvsfw.model import Bundle, FirewallMark, RealServer
 from lvsfw.textscan import comment, lvs_tokens, nft_statements, strip_hash_comment
-from tests.netlab import LabError, ensure_kernel, require_kernel, run
+from tests.netlab import empty_netns
 from tests.test_cli import invoke, one_error_line
 
 if sys.version_info >= (3, 11):
@@ -141,16 +140,8 @@ def test_lock_timeout_must_be_zero_or_more(tmp_path: Path, value: str) -> None:
 @pytest.fixture
 def namespace() -> Iterator[str]:
     """A throwaway, empty network namespace ``lvsfw-t-<hex>`` (as in tests/test_cli.py)."""
-    ensure_kernel()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    try:
-        run(["ip", "netns", "add", name])
-    except LabError as exc:
-        require_kernel(f"cannot create a network namespace: {exc}")
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.mark.kernel

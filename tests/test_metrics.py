@@ -12,7 +12,6 @@ import configparser
 import ipaddress
 import json
 import re
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from lvsfw.drift import KINDS, Drift, Report
 from lvsfw.enums import Family
 from lvsfw.errors import LvsfwError, ParseError
 from tests import fake_ipvsadm
-from tests.netlab import LabError, ensure_kernel, require_kernel, run
+from tests.netlab import empty_netns, run
 from tests.test_cli import WEB, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,16 +266,8 @@ def test_last_apply_record(tmp_path: Path) -> None:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    ensure_kernel()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    try:
-        run(["ip", "netns", "add", name])
-    except LabError as exc:
-        require_kernel(f"cannot create a network namespace: {exc}")
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.mark.kernel

@@ -10,7 +10,6 @@ the backend.
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from lvsfw.backends.iptables import Iptables, IptablesLegacy, IptablesNft
 from lvsfw.rendered import Rendered
 from lvsfw.rules import MarkRule, Specification, normalize
 from tests import strategies
-from tests.netlab import LabError, ensure_kernel, require_kernel, run, xtables_tools
+from tests.netlab import empty_netns, xtables_tools
 
 LVSFW = Path(sys.executable).parent / "lvsfw"
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -223,16 +222,8 @@ def test_cli_help_names_the_loading_commands() -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A fresh namespace ``lvsfw-t-<hex>``, deleted afterwards, pass or fail."""
-    ensure_kernel((*xtables_tools("legacy"), *xtables_tools("nft"), "ipset"))
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    try:
-        run(["ip", "netns", "add", name])
-    except LabError as exc:
-        require_kernel(f"cannot create a network namespace: {exc}")
-    try:
+    with empty_netns((*xtables_tools("legacy"), *xtables_tools("nft"), "ipset")) as name:
         yield name
-    finally:
-        run(["ip", "netns", "delete", name], check=False)
 
 
 def pipe(config: Path, backend: str, part: str, netns: str, *tool: str) -> None:

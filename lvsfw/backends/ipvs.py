@@ -269,16 +269,9 @@ class Ipvs(ServiceHalf):
         Returns the argv lists undoing what was done (pass them to :meth:`undo`). If a step
         fails, the steps already done are undone and the error is re-raised.
         """
-        done: list[Step] = []
-        try:
-            for step in diff(self.read_dump(), _services(spec), owned):
-                self.run(step.argv)
-                done.append(step)
-        except LvsfwError as exc:
-            for failure in self._undo(_inverse(done)):
-                add_note(exc, f"rollback step failed: {failure}")
-            raise
-        return [[self.ipvsadm, *argv] for argv in _inverse(done)]
+        change = Steps(self.ipvsadm, tuple(diff(self.read_dump(), _services(spec), owned)))
+        self.commit(change)
+        return [[self.ipvsadm, *argv] for argv in _inverse(change.steps)]
 
     # -- the contract (lvsfw.backends.base.ServiceHalf) ------------------------------------
 
