@@ -33,6 +33,8 @@ from lvsfw.rules import Memo, Normalizer, Specification, specify
 STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
 Undo = Callable[[], None]
+#: The plan's word for a change with no rule difference.
+REWRITE = "lvsfw's own objects differ from the bundles' (renamed bundles, leftovers): rewrite"
 
 
 def _keys(spec: Specification) -> frozenset[ServiceKey]:
@@ -141,7 +143,7 @@ class Director:
         live, services = self._observe(spec, current, fast=False)
         plan = self._plan(spec, current, live, services)
         adds, removes = self.services.diff(spec, services, current.services)
-        marks = self.firewall.diff(spec, live) if plan.rules_changed else None
+        plan, marks = self._marks(spec, live, plan)
         sent = zip((self.services, self.firewall, self.services), (adds, marks, removes))
         scripts = tuple((half.name, str(change)) for half, change in sent if change is not None)
         return attrs.evolve(plan, scripts=scripts)
@@ -208,15 +210,23 @@ class Director:
             plan = self._plan(spec, current, live, services)
             stale = [f for f in self._others(current) if f.read() or f.objects()]
             halves = self.services.diff(spec, services, current.services)
+            plan, change = self._marks(spec, live, plan)
             if not plan and not stale:
                 self._settle(spec, current, live)
                 return plan
-            change = self.firewall.diff(spec, live) if plan.rules_changed else None
             if change is not None and (halves[0] or not self.firewall.atomic or
                                        self.firewall.cached(live)):  # fmt: skip
                 plan, change = self._check(spec, current, plan, (live, services), change)
             self._transact(spec, current, saved, (halves[0], change, halves[1]), stale)
         return plan
+
+    def _marks(self, spec: Specification, live: Live, plan: Plan) -> tuple[Plan, Optional[Change]]:
+        """The packet filter's change, and the plan saying so: a change with no rule to add
+        or remove rewrites lvsfw's own objects (a renamed bundle's comments, a leftover)."""
+        change = self.firewall.diff(spec, live)
+        if change is not None and not plan.rules_changed:
+            plan = attrs.evolve(plan, repair=(*plan.repair, REWRITE))
+        return plan, change
 
     def _settle(self, spec: Specification, current: state.State, live: Live) -> None:
         """After a no-op apply: the record as a finished apply leaves it (if it differs)."""
@@ -248,7 +258,7 @@ class Director:
             if full == live[0]:
                 raise
             plan = self._plan(spec, current, full, live[1])
-            again = self.firewall.diff(spec, full) if plan.rules_changed else None
+            plan, again = self._marks(spec, full, plan)
             if again is not None:
                 self.firewall.check(again)
             return plan, again

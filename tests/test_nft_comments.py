@@ -287,16 +287,17 @@ def test_a_renamed_bundle_shows_its_new_name_after_apply(netns: str, tmp_path: P
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(
-    strict=True,
-    reason="Director.apply calls firewall.diff only when plan.rules_changed; a pure rename "
-    "changes no rule (the Director or Nftables.findings must report stale names)",
-)
 def test_a_pure_rename_through_the_director(netns: str, tmp_path: Path) -> None:
+    """Same rules, a new bundle name: the plan says it rewrites, apply writes the new
+    comments, and the next apply has nothing to do."""
     d = director(netns, tmp_path)
     d.apply(BUNDLES)
+    assert not d.plan(BUNDLES)
+    planned = d.plan([WWW, FTP, DNS])
+    assert planned and "rewrite" in str(planned) and not planned.add_rules
     d.apply([WWW, FTP, DNS])
     assert show(netns, tmp_path)[("192.0.2.10", "tcp", "80")] == "www"
+    assert not d.plan([WWW, FTP, DNS])
 
 
 @pytest.mark.kernel
