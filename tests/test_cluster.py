@@ -4,6 +4,7 @@ keepalived.conf of each node rendered, and every one accepted by the real ``keep
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -199,3 +200,18 @@ def test_every_node_config_passes_keepalived_config_test_without_a_warning(
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), (
         text + done.stdout + done.stderr
     )
+
+
+README_PAIR = re.compile(r"## Health checks and an HA pair.*?```toml\n(.*?)```", re.S)
+
+
+def test_the_readme_pair_renders_configs_keepalived_accepts(vrrp_ns: Netns, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    found = README_PAIR.search(readme)
+    assert found is not None, "README lost its HA pair example"
+    cfg = config.loads(found[1], "README.md")
+    assert cfg.cluster is not None
+    for node in ("lb1", "lb2"):
+        text = Keepalived(cluster=cfg.cluster, node=node).render(cfg.bundles)
+        done = config_test(vrrp_ns, tmp_path / f"{node}.conf", text)
+        assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout
