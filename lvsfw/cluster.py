@@ -21,7 +21,8 @@ from lvsfw.errors import ValidationError
 from lvsfw.model import NAME_PATTERN, Bundle
 
 _INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
-_PASS = re.compile(r"[\x21-\x7e]{1,8}")
+#: keepalived.conf has no quoting for it: no blank, brace, quote, comment or escape character.
+_PASS = re.compile(r"(?:(?![{}\"#!\\])[\x21-\x7e]){1,8}")
 
 
 def _address(field: str, value: object) -> IPAddress:
@@ -130,7 +131,9 @@ class Cluster:
         if self.auth_pass is not None and not (
             isinstance(self.auth_pass, str) and _PASS.fullmatch(self.auth_pass)
         ):
-            raise ValidationError("cluster.auth_pass", "***", "1..8 printable characters")
+            raise ValidationError(
+                "cluster.auth_pass", "***", "1..8 printable characters, none of { } \" # ! \\"
+            )
         if not isinstance(self.preempt, bool):
             raise ValidationError("cluster.preempt", self.preempt, "true or false")
         if self.sync_interface is not None:

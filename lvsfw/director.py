@@ -7,7 +7,6 @@ half (the same verbs; ``ipvsadm``, or nothing for a marks-only Director).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 from typing import Callable, Optional, Union
@@ -27,12 +26,12 @@ from lvsfw.model import Bundle
 from lvsfw.netns import check_netns
 from lvsfw.plan import Plan
 from lvsfw.rules import Memo, Normalizer, Specification, specify
+from lvsfw.undo import UndoStack
 
 #: The steps of an apply, in order; a test hook is called with each name before it runs.
 #: ``commit`` comes last, just before the state file records the new ownership.
 STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
-Undo = Callable[[], None]
 #: The plan's word for a change with no rule difference.
 REWRITE = "lvsfw's own objects differ from the bundles' (renamed bundles, leftovers): rewrite"
 
@@ -290,24 +289,22 @@ class Director:
             objects=current.objects | (firewall.creates(marks) if marks else frozenset()),
         )
         state.save(self.state_file, pending)
-        undo: list[Undo] = []
+        undo = UndoStack()
         try:
             self._step("ipvs-add")
             if adds is not None:
-                self.services.commit(adds)
-                undo.append(functools.partial(self.services.commit, adds.inverse))
+                undo.send(self.services.commit, adds, atomic=True)
             self._step("marks")
             if marks is not None:
-                self._send(firewall, marks, undo)
+                undo.send(firewall.commit, marks, atomic=firewall.atomic)
             for other in stale:  # emptied through the same verbs, its inverse as the undo
                 gone = other.diff(specify([]), other.observe())
                 if gone is not None:
-                    self._send(other, gone, undo)
+                    undo.send(other.commit, gone, atomic=other.atomic)
                 other.remove()  # and what an empty diff leaves (a mangle table lvsfw made)
             self._step("ipvs-remove")
             if removes is not None:
-                self.services.commit(removes)
-                undo.append(functools.partial(self.services.commit, removes.inverse))
+                undo.send(self.services.commit, removes, atomic=True)
             self._step("commit")
             committed = state.State(
                 self._wanted(spec) if self.services.manages else current.services,
@@ -317,36 +314,11 @@ class Director:
             )
             state.save(self.state_file, committed)
         except BaseException as exc:
-            if self._rollback(exc, undo):
+            if undo.run(exc):
                 state.restore(self.state_file, saved)
             else:  # keep the pending ownership: the next apply or destroy cleans up
                 add_note(exc, f"lvsfw: {self.state_file} keeps pending ownership for cleanup")
             raise
-
-    @staticmethod
-    def _send(firewall: PacketFilter, change: Change, undo: list[Undo]) -> None:
-        """Commit ``change``, its inverse on the undo stack: after the commit when the commit
-        is atomic (a rejected one changed nothing), before it otherwise (a half-sent change
-        is undone by its inverse, planned on a fresh read)."""
-        inverse = functools.partial(firewall.commit, change.inverse)
-        if not firewall.atomic:
-            undo.append(inverse)
-        firewall.commit(change)
-        if firewall.atomic:
-            undo.append(inverse)
-
-    @staticmethod
-    def _rollback(exc: BaseException, undo: list[Undo]) -> bool:
-        """Run the undo stack, last step first, every step even after a failure (failures
-        become notes on ``exc``). Returns whether every step succeeded."""
-        undone = True
-        for step in reversed(undo):
-            try:
-                step()
-            except LvsfwError as failure:
-                undone = False
-                add_note(exc, f"lvsfw: undo failed too: {failure}")
-        return undone
 
     def destroy(self) -> Plan:
         """Remove every mark rule and owned IPVS service lvsfw holds, and nothing else."""

@@ -24,7 +24,8 @@ CHECKERS = {"tcp": "TCP_CHECK", "http": "HTTP_GET", "https": "SSL_GET", "misc": 
 #: The checkers that connect to a port (``connect_port``; fwmark real servers have none).
 CONNECTING = frozenset({"tcp", "http", "https"})
 MAX_SECONDS = 86400
-_PATH = re.compile(r"/[\x21-\x7e]*")
+#: keepalived.conf has no quoting for it: no blank, brace, quote, comment or escape character.
+_PATH = re.compile(r"/(?:(?![{}\"#!\\])[\x21-\x7e])*")
 _DIGEST = re.compile(r"[0-9a-f]{32}")
 _SCRIPT = re.compile(r"/[A-Za-z0-9_./+-]*( [A-Za-z0-9_./:=,+-]+)*")
 
@@ -88,7 +89,9 @@ class HealthCheck:
     @path.validator
     def _path(self, attribute: attrs.Attribute[str], value: str) -> None:
         if not isinstance(value, str) or not _PATH.fullmatch(value) or '"' in value:
-            raise ValidationError("health.path", value, "a URL path such as /healthz")
+            raise ValidationError(
+                "health.path", value, "a URL path such as /healthz, none of { } \" # ! \\"
+            )
 
     @digest.validator
     def _digest(self, attribute: attrs.Attribute[Optional[str]], value: Optional[str]) -> None:

@@ -43,6 +43,9 @@ def cluster(**fields: Any) -> Cluster:
         ({"virtual_router_id": 256}, "cluster.virtual_router_id"),
         ({"interface": "eth 0"}, "cluster.interface"),
         ({"auth_pass": "much-too-long"}, "cluster.auth_pass"),
+        ({"auth_pass": "se}cret"}, "cluster.auth_pass"),  # would end authentication { }
+        ({"auth_pass": "pa#ss"}, "cluster.auth_pass"),
+        ({"auth_pass": 'a"b'}, "cluster.auth_pass"),
         ({"advert_int": 0}, "cluster.advert_int"),
         ({"node": [NODES[0], {**NODES[1], "name": "lb1"}]}, "node.name"),
         ({"node": [NODES[0], {**NODES[1], "priority": 150}]}, "node.priority"),

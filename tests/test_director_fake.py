@@ -258,3 +258,28 @@ def test_a_stale_filter_is_emptied_by_the_next_apply_and_by_destroy(
     b.destroy()
     assert {k: v for k, v in kernel.rules.items() if v} == {}
     assert kernel.services == {(FOREIGN.family, FOREIGN.mark): FOREIGN}
+
+
+@pytest.mark.parametrize("half", ["services", "marks"])
+def test_ctrl_c_inside_a_commit_keeps_the_pending_ownership(
+    kernel: FakeKernel, tmp_path: Path, half: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit stopped by Ctrl-C after its write landed: the undo stack cannot know that, so
+    the state file must keep the pending ownership (restoring it orphaned the half-built
+    service: the next apply refused it as foreign). The next apply then converges."""
+    d = director(kernel, tmp_path)
+    cls = FakeServices if half == "services" else FakeFilter
+    real = cls.commit
+
+    def interrupted(self: Any, change: Any) -> None:
+        real(self, change)  # the kernel took it...
+        raise KeyboardInterrupt  # ...and the process was interrupted before it knew
+
+    monkeypatch.setattr(cls, "commit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        d.apply(BUNDLES)
+    monkeypatch.setattr(cls, "commit", real)
+    left = state.load(d.state_file)
+    assert left.pending and left.services  # lvsfw still names what it may have created
+    d.apply(BUNDLES)  # no ConflictError: the half-built service is lvsfw's
+    assert d.verify(BUNDLES).ok and not state.load(d.state_file).pending

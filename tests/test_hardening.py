@@ -44,7 +44,10 @@ virtual_server fwmark 81 {
     lb_algo rr
 }
 """
-RULES = "table ip t {\n chain c {\n  ip daddr 192.0.2.10 tcp dport 80 meta mark set 80\n }\n}\n"
+RULES = (
+    "table ip t {\n chain c {\n  type filter hook prerouting priority -150;\n"
+    "  ip daddr 192.0.2.10 tcp dport 80 meta mark set 80\n }\n}\n"
+)
 
 
 # -- item 5: nesting that overflows the TOML parser ------------------------------------------

@@ -46,6 +46,9 @@ def test_connecting_checks_default_to_the_first_tcp_port() -> None:
         ({"health": {"check": "misc", "script": "rm -rf /"}}, "health.script"),
         ({"health": {"check": "tcp", "script": "/bin/true"}}, "health.script"),
         ({"health": {"check": "http", "path": 'x"y'}}, "health.path"),
+        ({"health": {"check": "http", "path": "/a}b"}}, "health.path"),  # would end the block
+        ({"health": {"check": "http", "path": "/a#b"}}, "health.path"),  # a comment to keepalived
+        ({"health": {"check": "http", "path": "/a!b"}}, "health.path"),
         ({"health": {"check": "http", "digest": "xyz"}}, "health.digest"),
         ({"health": {"check": "http", "status": [99]}}, "health.status"),
         ({"health": {"check": "tcp", "timeout": 0}}, "health.timeout"),

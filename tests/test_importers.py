@@ -300,14 +300,14 @@ SAVED = """\
 *mangle
 :PREROUTING ACCEPT [0:0]
 :LVSFW-PREROUTING - [0:0]
-:OTHER - [0:0]
+
 -A PREROUTING -m comment --comment lvsfw -j LVSFW-PREROUTING
 -A LVSFW-PREROUTING -m set --match-set lvsfw4-nft dst,dst -j SET --map-set lvsfw4-nft dst,dst --map-mark
 -A LVSFW-PREROUTING -m set --match-set lvsfw4-nft dst,dst -j RETURN
 -A LVSFW-PREROUTING -d 192.0.2.10/32 -p tcp -m tcp --dport 1000:2000 -m comment --comment "lvsfw:web" -j MARK --set-xmark 0x50/0xffffffff
--A OTHER -m set --match-set theirs dst,dst -m comment --comment x -j SET --map-set theirs dst,dst --map-mark
--A OTHER -m set --match-set gone dst,dst -j SET --map-set gone dst,dst --map-mark
--A OTHER -m set --match-set src src,dst -j SET --map-set src src,dst --map-mark
+-A PREROUTING -m set --match-set theirs dst,dst -m comment --comment x -j SET --map-set theirs dst,dst --map-mark
+-A PREROUTING -m set --match-set gone dst,dst -j SET --map-set gone dst,dst --map-mark
+-A PREROUTING -m set --match-set src src,dst -j SET --map-set src src,dst --map-mark
 COMMIT
 """  # noqa: E501
 IPSET_SAVE = """\

@@ -273,3 +273,53 @@ def test_round_trip_of_ip_port_services(bundles: list[Bundle]) -> None:
 
     assert table(result.bundles) == table(bundles)
     specify(result.bundles)
+
+
+def test_marks_outside_mangle_prerouting_are_refused_never_widened() -> None:
+    """A mark rule in another chain marks only what reaches that chain (a conditional jump,
+    locally generated traffic): imported as a PREROUTING mark it would mark more."""
+    from lvsfw.importers.iptables import scan_iptables
+
+    dump = "\n".join([
+        "*mangle",
+        "-A PREROUTING -s 10.0.0.0/8 -j ONLYLAN",
+        "-A ONLYLAN -d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j MARK --set-mark 80",
+        "-A OUTPUT -d 192.0.2.10/32 -p tcp -m tcp --dport 8080 -j MARK --set-mark 81",
+        "-A PREROUTING -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m multiport --dports 443"
+        " -j MARK --set-mark 82",
+        "-A PREROUTING -d 192.0.2.10/32 -p tcp -m tcp --dport 22 -j MARK --set-mark 83",
+        "COMMIT",
+        "*filter",
+        "-A FORWARD -d 192.0.2.10/32 -p tcp -m tcp --dport 25 -j MARK --set-mark 84",
+        "COMMIT",
+    ])  # fmt: skip
+    found = scan_iptables(dump, "r")
+    assert {r.mark for r in found.rules} == {83}
+    w = tuple(found.warnings)
+    assert _said(w, "r:3:", "in chain ONLYLAN") and _said(w, "r:4:", "in chain OUTPUT")
+    assert _said(w, "r:5:", "both --dport and --dports") and _said(w, "r:9:", "in table filter")
+
+
+def test_nft_marks_outside_a_prerouting_base_chain_are_refused() -> None:
+    from lvsfw.importers.nft import scan_nft
+
+    ruleset = """table ip t {
+    chain pre {
+        type filter hook prerouting priority -150; policy accept;
+        ip daddr 192.0.2.10 tcp dport 80 meta mark set 0x50
+        ip saddr 10.0.0.0/8 jump lan
+    }
+    chain lan {
+        ip daddr 192.0.2.10 tcp dport 443 meta mark set 0x51
+    }
+    chain out {
+        type route hook output priority -150; policy accept;
+        ip daddr 192.0.2.10 tcp dport 8080 meta mark set 0x52
+    }
+}
+"""
+    found = scan_nft(ruleset, "n")
+    assert {r.mark for r in found.rules} == {0x50}
+    w = tuple(found.warnings)
+    assert _said(w, "n:8:", "in chain lan, not a prerouting base chain")
+    assert _said(w, "n:12:", "in chain out, not a prerouting base chain")

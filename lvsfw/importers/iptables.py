@@ -107,6 +107,8 @@ def _xt_rule(tokens: list[str], where: str, notes: list[str]) -> list[FoundRule]
         raise Skip("no destination (-d): the VIP is not known")
     if "-p" not in options:
         raise Skip("no protocol (-p): lvsfw bundles ports of tcp, udp or sctp")
+    if "--dport" in options and "--dports" in options:
+        raise Skip("both --dport and --dports: the packet must match both, lvsfw holds one")
     port_text = options.get("--dport", options.get("--dports"))
     if port_text is None:
         raise Skip("no destination port match: it marks every port")
@@ -180,6 +182,23 @@ def _command(raw: str) -> Optional[list[str]]:
     return [tokens[1], *body]
 
 
+_TABLE_OPTION = re.compile(r"(?:^|\s)(?:-t|--table)\s+(\S+)")
+
+
+def _where_marked(raw: str, chain: str, table: str) -> None:
+    """Refuse a mark rule outside mangle PREROUTING (or lvsfw's own chain): in another chain
+    it marks only the packets that reach that chain (a conditional jump, OUTPUT), and
+    importing it as a PREROUTING mark would mark more than the original."""
+    given = _TABLE_OPTION.search(raw)
+    if (given[1] if given else table) != "mangle":
+        raise Skip(f"in table {given[1] if given else table}: lvsfw marks in mangle only")
+    if chain not in {"PREROUTING", _OWN_CHAIN}:
+        raise Skip(
+            f"in chain {chain}: lvsfw imports marks set in mangle PREROUTING only (a rule in"
+            " another chain marks only the packets that reach it)"
+        )
+
+
 def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = None) -> Scan:
     """Mark rules in ``iptables-save`` output or ``iptables ... -j MARK`` shell lines (``-A``,
     ``-I`` and ``-R``), and the members of each ipset a ``-j SET ... --map-mark`` rule
@@ -187,7 +206,11 @@ def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = No
     source = comment(source)  # it starts every warning: one line each, whatever the name
     scan = Scan()
     classified: dict[str, tuple[str, bool]] = {}  # set -> (where, in lvsfw's chain)
+    table = "mangle"  # shell lines say -t; an iptables-save dump says *TABLE
     for line_number, raw in enumerate(text.splitlines(), 1):
+        if raw.startswith("*"):
+            table = raw[1:].strip()
+            continue
         if "j" not in raw:
             continue  # no -j/--jump however quoted: not a rule with a target (cheap, exact)
         tokens = _command(raw)
@@ -201,6 +224,7 @@ def scan_iptables(text: str, source: str, ipsets: Optional[tuple[str, str]] = No
         where, notes = f"{source}:{line_number}", list[str]()
         line = " ".join(raw.split())
         try:
+            _where_marked(raw, chain, table)
             if target == "SET":
                 classified.setdefault(_set_rule(body), (where, chain == _OWN_CHAIN))
             else:

@@ -196,6 +196,10 @@ def _own_rules(text: str, source: str) -> list[FoundRule]:
     return rules
 
 
+#: The statement making a chain a base chain of the prerouting hook.
+_PREROUTING = re.compile(r"\btype \w+ hook prerouting\b")
+
+
 def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
     """Mark rules in ``nft list ruleset`` output, lvsfw's own ``inet lvsfw`` table included.
 
@@ -206,6 +210,7 @@ def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
     scan = Scan()
     statements = list(nft_statements(text))
     sets = _sets(statements)
+    hooked = {tuple(path[:2]) for path, _, raw in statements if _PREROUTING.search(raw)}
     for path, line, raw in statements:
         table = path[0] if path else ""
         statement = _CT_MARK.sub("ct-mark-set", raw)
@@ -214,6 +219,12 @@ def scan_nft(text: str, source: str, quiet_xt: bool = False) -> Scan:
         if len(path) < 2 or not path[1].startswith("chain"):
             continue
         where, notes = f"{source}:{line}", list[str]()
+        if tuple(path[:2]) not in hooked:  # a mark in a chain jumped to, or another hook
+            scan.warnings.append(
+                f"{where}: mark rule not imported: in {path[1]}, not a prerouting base chain"
+                f" (it marks only the packets that reach it): {raw}"
+            )
+            continue
         if _XT.search(statement):
             if not quiet_xt:
                 scan.warnings.append(
