@@ -150,10 +150,14 @@ def test_usage_errors_exit_1_not_2(web: Path) -> None:
     one_error_line(invoke("plan", str(web), "--lock-timeout", "soon"))
 
 
-def test_kernel_commands_reject_bad_files_and_namespaces(web: Path, bad: Path) -> None:
+def test_kernel_commands_reject_bad_files_and_namespaces(
+    web: Path, bad: Path, tmp_path: Path
+) -> None:
+    own = ["--state-file", str(tmp_path / "state.json")]  # a failed apply is recorded there
     for command in ("plan", "apply", "verify", "save"):
-        extra = ["--yes"] if command == "apply" else ["/tmp/x"] if command == "save" else []
-        assert f"{bad}:6" in one_error_line(invoke(command, str(bad), *extra))
+        extra = {"apply": ["--yes"], "save": [str(tmp_path / "x")]}.get(command, [])
+        assert f"{bad}:6" in one_error_line(invoke(command, str(bad), *extra, *own))
+    assert (tmp_path / "state.json.last-apply").exists()  # not the host's /var/lib/lvsfw
     missing = f"lvsfw-t-{secrets.token_hex(4)}"
     for args in (
         ["plan", str(web)],
