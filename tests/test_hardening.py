@@ -63,7 +63,8 @@ def test_deeply_nested_toml_is_one_config_error(tmp_path: Path, value: str) -> N
     path.write_text(f"[[bundle]]\nname = 'w'\nvips = {value}\n")
     with pytest.raises(ConfigError, match=re.escape(str(path))):
         config.load(str(path))
-    for command in (["check"], ["apply", "--yes"], ["render"]):
+    own = ["--state-file", str(tmp_path / "state.json")]  # a failed apply is recorded there
+    for command in (["check"], ["apply", "--yes", *own], ["render"]):
         line = one_error_line(invoke(*command, str(path)))
         assert str(path) in line and "nested too deeply" in line
 
