@@ -257,12 +257,13 @@ def plan(file: str, as_json: bool, verbose: bool, **flags: Any) -> None:
 @json_option
 def apply(file: str, yes: bool, as_json: bool, **flags: Any) -> None:
     """Make the live marks and IPVS services equal FILE; prints what it did."""
-    with cli_fleet.recording(lambda: _state_file(file, flags), _one_line):  # for metrics
-        _apply(file, yes, as_json, flags)
+    with cli_fleet.recording(lambda: _state_file(file, flags), _one_line) as record:
+        _apply(file, yes, as_json, flags, record)  # how it ended, for lvsfw metrics
 
 
 def _state_file(file: str, flags: dict[str, Any]) -> str:
-    """The state file an apply of FILE with ``flags`` uses (FILE unreadable: the flags')."""
+    """The state file an apply of FILE with ``flags`` uses, for an apply that failed before
+    its Director was built (FILE unreadable: the flags')."""
     try:
         cfg: Optional[config.Config] = config.load(file)
     except LvsfwError:
@@ -271,9 +272,12 @@ def _state_file(file: str, flags: dict[str, Any]) -> str:
     return settings.state_file or state.state_path(settings.netns)
 
 
-def _apply(file: str, yes: bool, as_json: bool, flags: dict[str, Any]) -> None:
+def _apply(
+    file: str, yes: bool, as_json: bool, flags: dict[str, Any], record: cli_fleet.Record
+) -> None:
     cfg = config.load(file)
     director = _director(cfg, flags)
+    record.state_file = director.state_file  # known now: the record need not load FILE again
     if not yes:
         if as_json:
             raise click.UsageError("--json needs --yes (there is no one to ask)")

@@ -62,19 +62,29 @@ def draw(
     click.echo(picture.svg(text) if fmt == "svg" else text, nl=False)
 
 
+class Record:
+    """Where the apply inside :func:`recording` records how it ended: ``state_file`` once
+    the apply knows it (its Director's), else found by the fallback (the config did not load)."""
+
+    def __init__(self) -> None:
+        self.state_file: Optional[str] = None
+
+
 @contextlib.contextmanager
 def recording(
-    state_file: Callable[[], str], one_line: Callable[[BaseException], str]
-) -> Iterator[None]:
-    """Record how the ``apply`` inside ended next to the state file (``state_file()``). A
-    failure to record is a warning after a successful apply, and silent after a failed one
-    (whose own error stays the one line on stderr); a declined prompt is no apply."""
+    fallback: Callable[[], str], one_line: Callable[[BaseException], str]
+) -> Iterator[Record]:
+    """Record how the ``apply`` inside ended next to its state file (``Record.state_file``,
+    set by the apply; else ``fallback()``). A failure to record is a warning after a
+    successful apply, and silent after a failed one (whose own error stays the one line on
+    stderr); a declined prompt is no apply."""
+    record = Record()
     try:
-        yield
+        yield record
     except (LvsfwError, OSError) as exc:
-        _record(state_file, False, one_line(exc), one_line)
+        _record(lambda: record.state_file or fallback(), False, one_line(exc), one_line)
         raise
-    _record(state_file, True, None, one_line)
+    _record(lambda: record.state_file or fallback(), True, None, one_line)
 
 
 def _record(
