@@ -32,6 +32,8 @@ from lvsfw.undo import UndoStack
 #: ``commit`` comes last, just before the state file records the new ownership.
 STEPS = ("ipvs-add", "marks", "ipvs-remove", "commit")
 ServiceKey = state.ServiceKey
+#: The service half's changes: (before the marks, after the marks).
+Halves = tuple[Optional[Change], Optional[Change]]
 #: The plan's word for a change with no rule difference.
 REWRITE = "lvsfw's own objects differ from the bundles' (renamed bundles, leftovers): rewrite"
 
@@ -112,14 +114,15 @@ class Director:
 
     def _plan(
         self, spec: Specification, current: state.State, live: Live, services: ServiceLive
-    ) -> Plan:
-        """The plan from the live halves to ``spec`` (a foreign service in the way raises)."""
-        self.services.diff(spec, services, current.services)  # ConflictError before anything
+    ) -> tuple[Plan, Halves]:
+        """The plan from the live halves to ``spec``, and the service half's changes (before
+        and after the marks); a foreign service in the way raises before anything."""
+        halves = self.services.diff(spec, services, current.services)
         owned = current.services
         findings = self.firewall.findings(spec, live) if spec.rules else []
         repair = tuple(f.detail for f in findings if not f.detail.startswith("foreign"))
         create = not live.rules and self.firewall.name not in current.filters
-        return Plan.between(
+        plan = Plan.between(
             self.firewall.name,
             live.rules,
             spec.normalized,
@@ -128,6 +131,7 @@ class Director:
             repair=repair,
             create=create,
         )
+        return plan, halves
 
     def _observe(
         self, spec: Specification, current: state.State, fast: bool
@@ -140,8 +144,7 @@ class Director:
         spec = specify(bundles)
         current = self._load()
         live, services = self._observe(spec, current, fast=False)
-        plan = self._plan(spec, current, live, services)
-        adds, removes = self.services.diff(spec, services, current.services)
+        plan, (adds, removes) = self._plan(spec, current, live, services)
         plan, marks = self._marks(spec, live, plan)
         sent = zip((self.services, self.firewall, self.services), (adds, marks, removes))
         scripts = tuple((half.name, str(change)) for half, change in sent if change is not None)
@@ -206,9 +209,8 @@ class Director:
             saved = state.read_text(self.state_file)
             current = self._load()
             live, services = self._observe(spec, current, fast=True)
-            plan = self._plan(spec, current, live, services)
+            plan, halves = self._plan(spec, current, live, services)
             stale = [f for f in self._others(current) if f.read() or f.objects()]
-            halves = self.services.diff(spec, services, current.services)
             plan, change = self._marks(spec, live, plan)
             if not plan and not stale:
                 self._settle(spec, current, live)
@@ -227,14 +229,18 @@ class Director:
             plan = attrs.evolve(plan, repair=(*plan.repair, REWRITE))
         return plan, change
 
+    def _finished(
+        self, spec: Specification, current: state.State, objects: frozenset[str]
+    ) -> state.State:
+        """The record a finished apply of ``spec`` leaves: the services it wants (marks only:
+        the ones still recorded), this one packet filter and its ``objects``."""
+        services = self._wanted(spec) if self.services.manages else current.services
+        return state.State(services, self.firewall.name, firewalls=frozenset({self.firewall.name}),
+                           objects=objects)  # fmt: skip
+
     def _settle(self, spec: Specification, current: state.State, live: Live) -> None:
         """After a no-op apply: the record as a finished apply leaves it (if it differs)."""
-        settled = state.State(
-            self._wanted(spec) if self.services.manages else current.services,
-            self.firewall.name,
-            firewalls=frozenset({self.firewall.name}),
-            objects=self.firewall.objects(live),
-        )
+        settled = self._finished(spec, current, self.firewall.objects(live))
         if settled != current:
             state.save(self.state_file, settled)
 
@@ -256,7 +262,7 @@ class Director:
             full = self.firewall.observe(False)
             if full == live[0]:
                 raise
-            plan = self._plan(spec, current, full, live[1])
+            plan, _ = self._plan(spec, current, full, live[1])
             plan, again = self._marks(spec, full, plan)
             if again is not None:
                 self.firewall.check(again)
@@ -306,13 +312,7 @@ class Director:
             if removes is not None:
                 undo.send(self.services.commit, removes, atomic=True)
             self._step("commit")
-            committed = state.State(
-                self._wanted(spec) if self.services.manages else current.services,
-                firewall.name,
-                firewalls=frozenset({firewall.name}),
-                objects=firewall.objects(None),
-            )
-            state.save(self.state_file, committed)
+            state.save(self.state_file, self._finished(spec, current, firewall.objects(None)))
         except BaseException as exc:
             if undo.run(exc):
                 state.restore(self.state_file, saved)
@@ -326,11 +326,11 @@ class Director:
             current = self._load()
             empty = specify([])
             live, services = self._observe(empty, current, fast=False)
-            plan = self._plan(empty, current, live, services)
+            plan, halves = self._plan(empty, current, live, services)
             self.firewall.remove()
             for other in self._others(current):  # every filter an apply may have written
                 other.remove()
-            for change in self.services.diff(empty, services, current.services):
+            for change in halves:
                 if change is not None:
                     self.services.commit(change)
             # without IPVS, its owned services stay recorded: they are still lvsfw's to remove
