@@ -30,7 +30,9 @@ _DIGEST = re.compile(r"[0-9a-f]{32}")
 _SCRIPT = re.compile(r"/[A-Za-z0-9_./+-]*( [A-Za-z0-9_./:=,+-]+)*")
 
 
-def _seconds(field: str, value: object, low: int = 1) -> Optional[int]:
+def seconds(field: str, value: object, low: int = 1) -> Optional[int]:
+    """``value`` if it is None or an integer ``low``..:data:`MAX_SECONDS`, else a
+    :class:`ValidationError` naming ``field``."""
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_SECONDS:
@@ -118,7 +120,7 @@ class HealthCheck:
     @retry.validator
     @delay_before_retry.validator
     def _numbers(self, attribute: attrs.Attribute[Optional[int]], value: object) -> None:
-        _seconds(f"health.{attribute.name}", value, 0 if attribute.name == "retry" else 1)
+        seconds(f"health.{attribute.name}", value, 0 if attribute.name == "retry" else 1)
 
     def data(self) -> dict[str, object]:
         """The TOML ``health`` table of this check: ``check`` and every non-default field."""

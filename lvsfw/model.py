@@ -15,7 +15,7 @@ import attrs
 
 from lvsfw.enums import Family, Forwarding, IPAddress, Scheduler, address_key
 from lvsfw.errors import ValidationError
-from lvsfw.health import HealthCheck, SorryServer, count, parse_health, parse_sorry
+from lvsfw.health import HealthCheck, SorryServer, count, parse_health, parse_sorry, seconds
 from lvsfw.ports import PortBundle, PortsLike
 
 #: The largest mark, and the mask of all 32 mark bits (:data:`FULL_MASK`).
@@ -248,10 +248,7 @@ class VirtualService:
     @hysteresis.validator
     def _counts(self, attribute: attrs.Attribute[Optional[int]], value: object) -> None:
         if attribute.name == "delay_loop":
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 86400
-            ):
-                raise ValidationError("delay_loop", value, "seconds 1..86400")
+            seconds("delay_loop", value)
         else:
             count(attribute.name, value)
 
