@@ -11,20 +11,31 @@ import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import attrs
 import click
 
 from lvsfw import cli_fleet, config, registry, state
+from lvsfw.backends.base import ServiceHalf
+from lvsfw.backends.karun import DEFAULT_CONF, KeepalivedRuntime
 from lvsfw.backends.keepalived import Keepalived
 from lvsfw.director import Director
 from lvsfw.drift import Report
-from lvsfw.errors import LvsfwError
+from lvsfw.errors import LvsfwError, ValidationError
 from lvsfw.importers.command import import_command
 from lvsfw.lock import LOCK_DIR
 from lvsfw.model import mark_text
-from lvsfw.output import plan_json, ports_text, rule_json, service_json, summary, table
+from lvsfw.output import (
+    Up,
+    plan_json,
+    ports_text,
+    rule_json,
+    service_json,
+    services_table,
+    summary,
+    table,
+)
 from lvsfw.rules import FwmarkService, normalize, specify
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING, EXIT_DRIFT = 0, 1, 2, 3
@@ -102,9 +113,13 @@ def kernel_options(f: F) -> F:
             metavar="BACKEND",
             help="Packet filter: nftables, iptables-nft, iptables-legacy or auto.",
         ),
-        click.option(
-            "--ipvs/--no-ipvs", default=None, help="Manage IPVS services too (default: yes)."
-        ),
+        click.option("--ipvs", type=click.Choice(config.IPVS_MODES), is_flag=False,
+                     flag_value="ipvsadm", default=None, help="Who runs IPVS: ipvsadm (lvsfw,"
+                     " the default), keepalived (from lvsfw's keepalived.conf) or none."),
+        click.option("--no-ipvs", is_flag=True, default=False, help="Marks only (--ipvs none)."),
+        click.option("--node", metavar="NAME", help="keepalived: this director's [cluster] node."),
+        click.option("--keepalived-conf", metavar="PATH", help="keepalived: the file lvsfw "
+                     f"writes (default {DEFAULT_CONF})."),
         click.option("--state-file", metavar="PATH", help="Where lvsfw records what it owns."),
         click.option("--ipvsadm", metavar="PATH", hidden=True, help="ipvsadm program to run."),
         click.option("--lock-dir", metavar="DIR", hidden=True, help="Where the lock file lives."),
@@ -123,8 +138,27 @@ def kernel_options(f: F) -> F:
 
 def _settings(cfg: Optional[config.Config], flags: dict[str, Any]) -> config.DirectorSettings:
     base = cfg.director if cfg is not None else config.DirectorSettings()
-    keys = ("netns", "firewall", "ipvs", "state_file")
-    return base.merged(**{k: flags.get(k) for k in keys})
+    keys = ("netns", "firewall", "ipvs", "state_file", "keepalived_conf", "node")
+    given = {k: flags.get(k) for k in keys}
+    if flags.get("no_ipvs"):
+        given["ipvs"] = "none"
+    return base.merged(**given)
+
+
+def _services(cfg: Optional[config.Config], settings: config.DirectorSettings,
+              flags: dict[str, Any]) -> Union[bool, str, ServiceHalf]:  # fmt: skip
+    """The service half the settings name (True: ipvsadm)."""
+    if settings.ipvs != "keepalived":
+        if settings.node is not None:
+            raise click.UsageError("--node goes with --ipvs keepalived")
+        return True if settings.ipvs is None else settings.ipvs
+    cluster = cfg.cluster if cfg is not None else None
+    if cluster is not None and settings.node is None:
+        names = ", ".join(n.name for n in cluster.nodes)
+        raise ValidationError("director.node", None, f"this director's node of [cluster] ({names})")
+    return KeepalivedRuntime(settings.netns, cluster=cluster, node=settings.node,
+                             conf=settings.keepalived_conf or DEFAULT_CONF,
+                             ipvsadm=flags.get("ipvsadm") or "ipvsadm")  # fmt: skip
 
 
 def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool = False) -> Director:
@@ -139,7 +173,7 @@ def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool =
     timeout = flags.get("lock_timeout")
     return Director(
         firewall,
-        settings.ipvs if settings.ipvs is not None else True,
+        _services(cfg, settings, flags),
         settings.netns,
         state_file=settings.state_file,
         lock_timeout=DEFAULT_LOCK_TIMEOUT if timeout is None else float(timeout),  # 0: at once
@@ -286,6 +320,8 @@ def _apply(
             click.echo(f"{pending}\nplan: {summary(pending)}")
             click.confirm("Apply these changes?", abort=True)
     done = director.apply(cfg.bundles)
+    for note in director.services.notes:
+        click.echo(f"lvsfw: {note}", err=True)
     if as_json:
         _emit(plan_json(done))
     elif done:
@@ -304,9 +340,12 @@ def verify(file: str, as_json: bool, **flags: Any) -> None:
     cfg = config.load(file)
     report: Report = _director(cfg, flags).verify(cfg.bundles)
     if as_json:
-        _emit({"ok": report.ok, "drift": [attrs.asdict(d) for d in report.drift]})
+        down = [{**attrs.asdict(d), "family": str(d.family), "address": str(d.address)}
+                for d in report.down]  # fmt: skip
+        _emit({"ok": report.ok, "drift": [attrs.asdict(d) for d in report.drift], "down": down})
     else:
-        click.echo("ok: no drift" if report.ok else f"{report}\ndrift: {len(report.drift)}")
+        click.echo("\n".join(["ok: no drift", *map(str, report.down)]) if report.ok
+                   else f"{report}\ndrift: {len(report.drift)}")  # fmt: skip
     click.get_current_context().exit(EXIT_OK if report.ok else EXIT_DRIFT)
 
 
@@ -352,9 +391,13 @@ def show(
     others = [n for n, snap in snapshots.items() if snap.rules and n != director.firewall.name]
     owned = state.load(director.state_file)
     services: list[FwmarkService] = []
+    up: Up = None
     if director.ipvs is not None and owned.services:
-        held = director.ipvs.observe(owned.services).services
-        services = sorted(s for s in held if (s.family, s.mark) in owned.services)
+        observed = director.ipvs.observe(owned.services)
+        services = sorted(s for s in observed.services if (s.family, s.mark) in owned.services)
+        if director.ipvs.health_checked:  # keepalived: which real servers are in IPVS now
+            up = {(s.family, s.mark): frozenset(r.address for r in s.service.real_servers)
+                  for s in director.ipvs.table(observed)}  # fmt: skip
     if as_json:
         _emit(
             {
@@ -365,7 +408,7 @@ def show(
                     {**rule_json(r), "bundle": owners.get(r), "firewall": where_rule[r]}
                     for r in rules
                 ],
-                "services": [service_json(s) for s in services],
+                "services": [service_json(s, up) for s in services],
             }
         )
         return
@@ -389,25 +432,7 @@ def show(
     )
     if services:
         click.echo()
-        click.echo(
-            table(
-                ("MARK", "FAMILY", "SCHEDULER", "PERSISTENCE", "REAL SERVERS"),
-                (
-                    (
-                        s.mark,
-                        s.family,
-                        s.service.scheduler,
-                        s.service.persistence or "-",
-                        ", ".join(
-                            f"{r.address} {r.forwarding} w{r.weight}"
-                            for r in s.service.real_servers
-                        )
-                        or "-",
-                    )
-                    for s in services
-                ),
-            )
-        )
+        click.echo(services_table(services, up))
 
 
 @cli.command()

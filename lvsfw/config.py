@@ -31,7 +31,7 @@ import gc
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import attrs
 import tomli_w
@@ -76,10 +76,14 @@ SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 DIRECTOR_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "firewall": ((str,), "a packet-filter backend name or auto"),
-    "ipvs": ((bool,), "true or false"),
+    "ipvs": ((bool, str), 'true, false, "ipvsadm", "keepalived" or "none"'),
     "netns": ((str,), "a network namespace name"),
     "state_file": ((str,), "a path"),
+    "keepalived_conf": ((str,), "the path of the keepalived.conf lvsfw writes"),
+    "node": ((str,), "this director's name in [[cluster.node]]"),
 }
+#: The values ``[director] ipvs`` (and ``--ipvs``) takes besides true and false.
+IPVS_MODES = ("ipvsadm", "keepalived", "none")
 _FIELD_OF_ERROR = {
     "mark mask": "mark",
     "protocol": "ports",
@@ -106,9 +110,15 @@ class DirectorSettings:
     """The ``[director]`` table; None where the file says nothing (the default applies)."""
 
     firewall: Optional[str] = None
-    ipvs: Optional[bool] = None
+    #: True/"ipvsadm": lvsfw drives IPVS; "keepalived": keepalived does, from lvsfw's file;
+    #: False/"none": marks only.
+    ipvs: Union[bool, str, None] = None
     netns: Optional[str] = None
     state_file: Optional[str] = None
+    #: Where the keepalived.conf is written (``ipvs = "keepalived"``).
+    keepalived_conf: Optional[str] = None
+    #: This director's node of ``[cluster]`` (the whole keepalived.conf is rendered for it).
+    node: Optional[str] = None
 
     def merged(self, **flags: Any) -> DirectorSettings:
         """These settings with every flag that is not None taking precedence."""
@@ -229,6 +239,10 @@ def _director(path: str, data: object, lines: _Lines) -> DirectorSettings:
     for key, value in data.items():
         find = functools.partial(lines.key, span, key)
         _check_type(path, find, f"director.{key}", value, DIRECTOR_KEYS[key])
+    ipvs = data.get("ipvs")
+    if isinstance(ipvs, str) and ipvs not in IPVS_MODES:
+        message = f"{ipvs!r} is not valid; expected {DIRECTOR_KEYS['ipvs'][1]}"
+        raise ConfigError(path, lines.key(span, "ipvs"), "director.ipvs", message)
     return DirectorSettings(**data)
 
 
@@ -349,7 +363,14 @@ def _loads(text: str, path: str) -> Config:
             index = next((i for i, b in enumerate(bundles) if b.name == names[-1]), None)
             line = lines.table("bundle", index)[0] if index is not None else None
         raise ConfigError(path, line, "bundle", f"conflict: {exc}") from None
-    return Config(bundles, director, path, _cluster(path, data.get("cluster"), lines, bundles))
+    cluster = _cluster(path, data.get("cluster"), lines, bundles)
+    if director.node is not None:
+        names = [n.name for n in cluster.nodes] if cluster is not None else []
+        if director.node not in names:
+            want = f"one of {', '.join(names)}" if names else "a node of a [cluster] table"
+            line = lines.key(lines.table("director"), "node")
+            raise ConfigError(path, line, "director.node", f"{director.node!r}: want {want}")
+    return Config(bundles, director, path, cluster)
 
 
 def _cluster(

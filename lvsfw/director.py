@@ -18,7 +18,15 @@ from lvsfw.backends.base import Change, Live, PacketFilter, ServiceHalf, Service
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.backends.noservices import NoServices
 from lvsfw.detect import detect_firewall
-from lvsfw.drift import Drift, Report, finding_drift, rule_drift, service_drift
+from lvsfw.drift import (
+    Down,
+    Drift,
+    Report,
+    finding_drift,
+    health_drift,
+    rule_drift,
+    service_drift,
+)
 from lvsfw.errors import LvsfwError, add_note
 from lvsfw.files import write_atomic
 from lvsfw.lock import LOCK_DIR, lock_path, locked
@@ -122,13 +130,18 @@ class Director:
         findings = self.firewall.findings(spec, live) if spec.rules else []
         repair = tuple(f.detail for f in findings if not f.detail.startswith("foreign"))
         create = not live.rules and self.firewall.name not in current.filters
+        held = frozenset(s for s in services.services if (s.family, s.mark) in owned)
+        wanted = spec.services if self.services.manages else frozenset()
+        config: tuple[str, ...] = ()  # the half's own objects, no service change (VRRP)
+        if halves != (None, None) and held == wanted:
+            config = tuple(self.services.findings(spec, services))
         plan = Plan.between(
             self.firewall.name,
             live.rules,
             spec.normalized,
-            frozenset(s for s in services.services if (s.family, s.mark) in owned),
-            spec.services if self.services.manages else frozenset(),
-            repair=repair,
+            held,
+            wanted,
+            repair=repair + config,
             create=create,
         )
         return plan, halves
@@ -160,11 +173,19 @@ class Director:
         drift = rule_drift(spec, live.rules)
         drift += finding_drift(self.firewall.findings(spec, live, thorough=True), bundles)
         drift += self._leftovers(current)
+        down: list[Down] = []
         if self.services.manages:
             keys = current.services | _keys(spec)
-            found = frozenset(s for s in services.services if (s.family, s.mark) in keys)
-            drift += service_drift(bundles, spec, found, current.services)
-        return Report(tuple(drift))
+            table = self.services.table(services)
+            found = frozenset(s for s in table if (s.family, s.mark) in keys)
+            if self.services.health_checked:
+                more, down = health_drift(bundles, spec, found, current.services)
+                drift += more
+            else:
+                drift += service_drift(bundles, spec, found, current.services)
+            config = self.services.findings(spec, services)
+            drift += [Drift("service-changed", "-", detail) for detail in config]
+        return Report(tuple(drift), tuple(down))
 
     def _leftovers(self, current: state.State) -> list[Drift]:
         """lvsfw's rules still live in another packet filter the state file names."""
@@ -212,9 +233,12 @@ class Director:
             plan, halves = self._plan(spec, current, live, services)
             stale = [f for f in self._others(current) if f.read() or f.objects()]
             plan, change = self._marks(spec, live, plan)
-            if not plan and not stale:
+            if not plan and not stale and halves == (None, None):
                 self._settle(spec, current, live)
                 return plan
+            for half in halves:  # the service half's own test (keepalived --config-test)
+                if half is not None:
+                    self.services.check(half)
             if change is not None and (halves[0] or not self.firewall.atomic or
                                        self.firewall.cached(live)):  # fmt: skip
                 plan, change = self._check(spec, current, plan, (live, services), change)

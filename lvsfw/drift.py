@@ -10,7 +10,8 @@ import attrs
 
 from lvsfw.backends.base import Finding
 from lvsfw.enums import Family, IPAddress, Protocol
-from lvsfw.model import Bundle
+from lvsfw.health import HealthCheck
+from lvsfw.model import Bundle, RealServer
 from lvsfw.ports import ports_text
 from lvsfw.rules import FwmarkService, MarkRule, Specification, normalize
 
@@ -24,6 +25,7 @@ KINDS = (
     "service-missing",  # a mark with no IPVS service
     "service-changed",  # an IPVS service whose settings differ
     "service-extra",  # an owned IPVS service no bundle wants
+    "service-down",  # every real server down by health check, and no sorry server
 )
 
 
@@ -39,11 +41,27 @@ class Drift:
         return f"{self.bundle}: {self.kind}: {self.detail}"
 
 
+@attrs.frozen(order=True)
+class Down:
+    """A configured real server a health check took out of IPVS (keepalived): not drift."""
+
+    bundle: str
+    family: Family
+    mark: int
+    address: IPAddress
+
+    def __str__(self) -> str:
+        return (f"{self.bundle}: down by health check: fwmark {self.mark} ({self.family})"
+                f" real server {self.address}")  # fmt: skip
+
+
 @attrs.frozen
 class Report:
-    """The result of :meth:`lvsfw.Director.verify`; ``ok`` when nothing drifted."""
+    """The result of :meth:`lvsfw.Director.verify`; ``ok`` when nothing drifted. ``down``:
+    the real servers a health check took out (they do not make the report fail)."""
 
     drift: tuple[Drift, ...] = ()
+    down: tuple[Down, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -70,7 +88,8 @@ class Report:
         return self.of_kind("changed") + self.of_kind("service-changed")
 
     def __str__(self) -> str:
-        return "no drift" if self.ok else "\n".join(map(str, self.drift))
+        head = [str(d) for d in self.drift] or ["no drift"]
+        return "\n".join([*head, *map(str, self.down)])
 
 
 Wanted = tuple[int, int, str]  # mark, mask, bundle name
@@ -213,3 +232,61 @@ def service_drift(
                 )
             )
     return drift
+
+
+def _server_differs(want: RealServer, live: RealServer, check: Optional[HealthCheck]) -> bool:
+    """Whether a live real server departs from its configuration (its weight is keepalived's
+    to change when a ``misc`` check sets it dynamically)."""
+    if check is not None and check.dynamic:
+        live = attrs.evolve(live, weight=want.weight)
+    return attrs.evolve(live, health=want.health) != want
+
+
+def health_drift(
+    bundles: Sequence[Bundle],
+    spec: Specification,
+    live: Iterable[FwmarkService],
+    owned: Iterable[tuple[Family, int]],
+) -> tuple[list[Drift], list[Down]]:
+    """Drift of an IPVS table keepalived builds and health-checks: every wanted service must
+    exist with the wanted settings; its live real servers must be configured ones (or the
+    sorry server); a configured one that is absent (or inhibited to weight 0) is down, and
+    a service with every one down and no sorry server is drift."""
+    live = list(live)
+    servers = {(s.family, s.mark): s for s in live}
+    bare = [attrs.evolve(s, service=attrs.evolve(s.service, real_servers=())) for s in live]
+    # keepalived never builds a service with no real server ("has no real servers -
+    # ignoring"): one the bundles configure that way is not missing
+    kept = [s for s in spec.services if s.service.real_servers or s.service.sorry_server]
+    want_bare = {attrs.evolve(s, service=attrs.evolve(s.service, real_servers=()))
+                 for s in kept}  # fmt: skip
+    drift = service_drift(bundles, Specification(frozenset(), frozenset(want_bare)), bare, owned)
+    down: list[Down] = []
+    by_mark = {b.mark.value: b for b in bundles}
+    for want in sorted(spec.services):
+        have = servers.get((want.family, want.mark))
+        if have is None:
+            continue
+        vs, bundle = want.service, by_mark[want.mark]
+        where = f"fwmark {want.mark} {want.family} ({bundle.ports})"
+        present = {s.address: s for s in have.service.real_servers}
+        sorry = vs.sorry_server.address if vs.sorry_server is not None else None
+        configured = {s.address: s for s in vs.real_servers}
+        for address in sorted(present.keys() - configured.keys() - {sorry}, key=str):
+            drift.append(Drift("service-changed", bundle.name,
+                               f"{where}: real server {address} not wanted"))  # fmt: skip
+        up = 0
+        for address, server in configured.items():
+            got = present.get(address)
+            if got is None or (vs.inhibit_on_failure and got.weight == 0 < server.weight):
+                down.append(Down(bundle.name, want.family, want.mark, address))
+                continue
+            up += 1
+            check = server.health or vs.health
+            if _server_differs(server, got, check):
+                drift.append(Drift("service-changed", bundle.name,
+                                   f"{where}: real server {address} differs"))  # fmt: skip
+        if not up and sorry is None and configured:
+            detail = f"{where}: every real server is down by health check and no sorry server"
+            drift.append(Drift("service-down", bundle.name, detail))
+    return drift, sorted(down)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Optional
 
 import attrs
 
+from lvsfw.enums import Family, IPAddress
+from lvsfw.model import RealServer
 from lvsfw.plan import Plan
 from lvsfw.ports import ports_text as range_text
 from lvsfw.rules import FwmarkService, MarkRule
@@ -28,8 +31,20 @@ def rule_json(rule: MarkRule) -> dict[str, object]:
     }
 
 
-def service_json(service: FwmarkService) -> dict[str, object]:
-    """An IPVS fwmark service as JSON."""
+#: Per (family, mark) of a service, the addresses of its real servers that are up (keepalived
+#: health checks); None where lvsfw itself holds IPVS (no up/down to tell).
+Up = Optional[Mapping[tuple[Family, int], frozenset[IPAddress]]]
+
+
+def _state(service: FwmarkService, server: RealServer, up: Up) -> dict[str, str]:
+    if up is None:
+        return {}
+    live = up.get((service.family, service.mark), frozenset())
+    return {"state": "up" if server.address in live else "down"}
+
+
+def service_json(service: FwmarkService, up: Up = None) -> dict[str, object]:
+    """An IPVS fwmark service as JSON (with ``up``: each real server's ``state``)."""
     vs = service.service
     return {
         "family": str(service.family),
@@ -39,10 +54,24 @@ def service_json(service: FwmarkService) -> dict[str, object]:
         "persistence_netmask": vs.persistence_netmask,
         "persistence_prefix": vs.persistence_prefix,
         "real_servers": [
-            {**attrs.asdict(s), "address": str(s.address), "forwarding": str(s.forwarding)}
+            {**attrs.asdict(s), "address": str(s.address), "forwarding": str(s.forwarding),
+             **_state(service, s, up)}
             for s in vs.real_servers
         ],
     }
+
+
+def services_table(services: Iterable[FwmarkService], up: Up = None) -> str:
+    """The text table of ``services`` ``lvsfw show`` prints (with ``up``: up/down)."""
+    def servers(s: FwmarkService) -> str:
+        return ", ".join(
+            " ".join([f"{r.address} {r.forwarding} w{r.weight}", *_state(s, r, up).values()])
+            for r in s.service.real_servers
+        )
+
+    rows = ((s.mark, s.family, s.service.scheduler, s.service.persistence or "-",
+             servers(s) or "-") for s in services)  # fmt: skip
+    return table(("MARK", "FAMILY", "SCHEDULER", "PERSISTENCE", "REAL SERVERS"), rows)
 
 
 def plan_json(plan: Plan) -> dict[str, object]:

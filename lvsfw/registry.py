@@ -15,7 +15,7 @@ BUILTIN = {
     "iptables-nft": "lvsfw.backends.iptables:IptablesNft",
     "nftables": "lvsfw.backends.nftables:Nftables",
     "ipvs": "lvsfw.backends.ipvs:Ipvs",
-    "keepalived": "lvsfw.backends.keepalived:Keepalived",
+    "keepalived": "lvsfw.backends.karun:KeepalivedRuntime",
 }
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 
 from lvsfw import registry
+from lvsfw.backends.base import ServiceHalf
 from lvsfw.backends.ipvs import canonical
 from lvsfw.backends.keepalived import Keepalived, parse_blocks
 from lvsfw.enums import Family, Forwarding, Scheduler
@@ -46,7 +47,10 @@ def spec_of(*bundles: Bundle) -> frozenset[FwmarkService]:
 
 
 def test_registry_knows_keepalived() -> None:
-    assert registry.get("keepalived") is Keepalived
+    """The registered keepalived backend renders as Keepalived does and runs the IPVS half."""
+    found = registry.get("keepalived")
+    assert issubclass(found, Keepalived) and issubclass(found, ServiceHalf)
+    assert registry.service_half("keepalived").render([SEED]) == Keepalived().render([SEED])
 
 
 def test_seed_exact_text() -> None:

@@ -237,6 +237,14 @@ class ServiceHalf(ServiceBackend):
 
     #: Whether this half manages anything (False: the marks-only Director).
     manages: ClassVar[bool] = True
+    #: Whether real servers come and go by health check (keepalived): verify then reports
+    #: an absent configured real server as *down*, not as drift.
+    health_checked: ClassVar[bool] = False
+
+    def __init__(self, netns: Optional[str] = None) -> None:
+        super().__init__(netns)
+        #: What the last commits want the admin to know (keepalived not running...).
+        self.notes: list[str] = []
 
     @abc.abstractmethod
     def observe(self, keys: frozenset[ServiceKey]) -> ServiceLive:
@@ -253,6 +261,16 @@ class ServiceHalf(ServiceBackend):
     def check(self, change: Change) -> None:
         """Validate ``change`` without sending it (the default: nothing to ask)."""
         return
+
+    def table(self, live: ServiceLive) -> frozenset[FwmarkService]:
+        """The services live in IPVS, as verify compares them (the default: what
+        :meth:`observe` read; a half configuring another program reads the kernel here)."""
+        return live.services
+
+    def findings(self, spec: Specification, live: ServiceLive) -> list[str]:
+        """Departures of the half's own objects that no service comparison shows (a config
+        file edited by hand...). The default: none."""
+        return []
 
     @abc.abstractmethod
     def commit(self, change: Change) -> None:
