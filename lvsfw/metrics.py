@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from lvsfw import state
 from lvsfw.backends.ipvs import Ipvs
+from lvsfw.backends.karun import KeepalivedRuntime
 from lvsfw.director import Director
 from lvsfw.drift import KINDS, Report
 from lvsfw.enums import Family, IPAddress
@@ -262,9 +263,12 @@ def collect(director: Director, bundles: Optional[Iterable[Bundle]] = None) -> S
     except (LvsfwError, OSError) as exc:
         errors["state"] = _message(exc)
     keys = owned.services | {(s.family, s.mark) for s in specify(wanted or ()).services}
-    if isinstance(director.ipvs, Ipvs) and keys:  # a marks-only host needs no IPVS
+    # the table lvsfw's ipvsadm writes, or the one keepalived builds from lvsfw's file
+    reader = director.ipvs.ipvs_reader if isinstance(director.ipvs, KeepalivedRuntime) \
+        else director.ipvs  # fmt: skip
+    if isinstance(reader, Ipvs) and keys:  # a marks-only host needs no IPVS
         try:
-            found["ipvs"] = read_ipvs(director.ipvs)
+            found["ipvs"] = read_ipvs(reader)
         except (LvsfwError, OSError) as exc:
             errors["ipvs"] = _message(exc)
     return Snapshot(director.state_file, owned=owned, errors=errors, **found)  # type: ignore[arg-type]

@@ -296,6 +296,8 @@ def test_verify_and_show_tell_down_servers_from_drift(vrrp_ns: Netns, tmp_path: 
     states = {s["address"]: s["state"] for s in shown["services"][0]["real_servers"]}
     assert states == {"10.0.0.11": "down", "10.0.0.12": "up"}
     assert "10.0.0.12 route w1 up" in lvsfw("show", "-c", str(path), *flags).stdout
+    metrics = lvsfw("metrics", str(path), *flags).stdout
+    assert 'mark="80",server="10.0.0.12"} 1.0' in metrics  # its up gauge, read from IPVS
     subprocess.run([str(ipvsadm), "-D", "-f", "80"], check=True)
     lost = lvsfw("verify", str(path), *flags)
     assert lost.returncode == 3 and "service-missing" in lost.stdout, lost.stdout
