@@ -368,12 +368,11 @@ class Director:
         """Write what a boot script restores for ``bundles`` into ``directory``.
 
         The packet filter's file(s) (``nft -f`` script or ``iptables-restore --noflush``
-        input per family) and ``lvsfw.ipvs`` (``ipvsadm-restore`` input). Returns the paths.
+        input per family) and the service half's (``lvsfw.ipvs``, ``ipvsadm-restore`` input;
+        none for keepalived, which builds IPVS from its own file at boot). Returns the paths.
         """
         spec = specify(bundles)
-        files = dict(self.firewall.boot_files(spec))
-        if self.services.manages:
-            files["lvsfw.ipvs"] = self.services.render_spec(spec)
+        files = {**self.firewall.boot_files(spec), **self.services.boot_files(spec)}
         paths = []
         for name, text in sorted(files.items()):
             path = os.path.join(directory, name)

@@ -301,3 +301,11 @@ def test_verify_and_show_tell_down_servers_from_drift(vrrp_ns: Netns, tmp_path: 
     subprocess.run([str(ipvsadm), "-D", "-f", "80"], check=True)
     lost = lvsfw("verify", str(path), *flags)
     assert lost.returncode == 3 and "service-missing" in lost.stdout, lost.stdout
+
+
+def test_save_writes_no_ipvsadm_file_for_keepalived(vrrp_ns: Netns, tmp_path: Path) -> None:
+    """Boot files: the marks only; keepalived restores IPVS from its own file (an
+    ``lvsfw.ipvs`` here would feed keepalived.conf text to ipvsadm-restore)."""
+    (tmp_path / "boot").mkdir()
+    paths = director(vrrp_ns, tmp_path, runtime(vrrp_ns, tmp_path)).save([WEB], str(tmp_path / "boot"))
+    assert [Path(p).name for p in paths] == ["lvsfw-nftables.rules"]

@@ -262,6 +262,11 @@ class ServiceHalf(ServiceBackend):
         """Validate ``change`` without sending it (the default: nothing to ask)."""
         return
 
+    def boot_files(self, spec: Specification) -> dict[str, str]:
+        """File name -> content of what a boot script loads to restore ``spec``'s services
+        (the default: ``ipvsadm-restore`` input; none when marks only)."""
+        return {"lvsfw.ipvs": self.render_spec(spec)} if self.manages else {}
+
     def table(self, live: ServiceLive) -> frozenset[FwmarkService]:
         """The services live in IPVS, as verify compares them (the default: what
         :meth:`observe` read; a half configuring another program reads the kernel here)."""

@@ -172,6 +172,10 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
             return [f"{self.conf} differs from the bundles' render; apply rewrites it"]
         return []
 
+    def boot_files(self, spec: Specification) -> dict[str, str]:
+        """None: keepalived builds IPVS from its own file when it starts at boot."""
+        return {}
+
     def table(self, live: ServiceLive) -> frozenset[FwmarkService]:
         """The fwmark services live in IPVS, as keepalived built them (read only)."""
         return self.ipvs_reader.read_dump().services
