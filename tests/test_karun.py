@@ -307,5 +307,6 @@ def test_save_writes_no_ipvsadm_file_for_keepalived(vrrp_ns: Netns, tmp_path: Pa
     """Boot files: the marks only; keepalived restores IPVS from its own file (an
     ``lvsfw.ipvs`` here would feed keepalived.conf text to ipvsadm-restore)."""
     (tmp_path / "boot").mkdir()
-    paths = director(vrrp_ns, tmp_path, runtime(vrrp_ns, tmp_path)).save([WEB], str(tmp_path / "boot"))
+    lb = director(vrrp_ns, tmp_path, runtime(vrrp_ns, tmp_path))
+    paths = lb.save([WEB], str(tmp_path / "boot"))
     assert [Path(p).name for p in paths] == ["lvsfw-nftables.rules"]
