@@ -78,6 +78,13 @@ class Node:
         """This node's VRRP address of ``family`` (None: it has none)."""
         return next((a for a in self.address if Family.of(a) == family), None)
 
+    def data(self) -> dict[str, object]:
+        """The ``[[cluster.node]]`` table :meth:`parse` reads back as this node (one address:
+        a string, two: a list)."""
+        address = [str(a) for a in self.address]
+        return {"name": self.name, "address": address[0] if len(address) == 1 else address,
+                "priority": self.priority}  # fmt: skip
+
     @classmethod
     def parse(cls, value: object) -> Node:
         """From a Node or a ``[[cluster.node]]`` table."""
@@ -166,6 +173,22 @@ class Cluster:
         for bundle in bundles:
             for vip in bundle.vips:
                 self.instance_family(Family.of(vip), f"vips ({bundle.name}: {vip})")
+
+    def data(self) -> dict[str, object]:
+        """The TOML-ready ``[cluster]`` table :meth:`parse` reads back as this cluster (unset
+        optional settings left out, the nodes under ``node``)."""
+        data: dict[str, object] = {
+            "interface": self.interface,
+            "virtual_router_id": self.virtual_router_id,
+            "advert_int": self.advert_int,
+            "preempt": self.preempt,
+        }
+        for key in ("auth_pass", "sync_interface", "gateway"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = str(value)
+        data["node"] = [n.data() for n in self.nodes]
+        return data
 
     @classmethod
     def parse(cls, value: object) -> Cluster:

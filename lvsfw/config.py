@@ -448,14 +448,18 @@ def dumps(
     bundles: Iterable[Bundle],
     director: Optional[DirectorSettings] = None,
     header: Sequence[str] = (),
+    cluster: Optional[Cluster] = None,
 ) -> str:
     """The TOML text of a configuration; ``header`` lines become leading comments (control
-    characters in them escaped: a header can never add a line of live TOML)."""
+    characters in them escaped: a header can never add a line of live TOML); ``cluster``
+    the ``[cluster]`` table (:meth:`Cluster.data`), written before the bundles."""
     data: dict[str, object] = {}
     if director is not None:
         settings = {k: v for k, v in attrs.asdict(director).items() if v is not None}
         if settings:
             data["director"] = settings
+    if cluster is not None:
+        data["cluster"] = cluster.data()
     data["bundle"] = [bundle_data(b) for b in bundles]
     comments = "".join(f"# {comment(line)}".rstrip() + "\n" for line in header)
     return comments + ("\n" if comments else "") + tomli_w.dumps(data)

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from lvsfw.files import read_text
-from lvsfw.importers import ImportFailed, import_file
+from lvsfw.importers import ImportFailed, import_files
 from lvsfw.importers.found import Scan
 from lvsfw.importers.join import FIRST_MARK
 from lvsfw.importers.scanning import read_live, scan
@@ -24,7 +24,13 @@ def _warn(warnings: Sequence[str]) -> None:
 
 
 @click.command(name="import")
-@click.argument("source", metavar="lvs.cf|keepalived.conf", type=click.Path(dir_okay=False))
+@click.argument(
+    "sources",
+    metavar="lvs.cf|keepalived.conf...",
+    nargs=-1,
+    required=True,
+    type=click.Path(dir_okay=False),
+)
 @click.option(
     "--format",
     "kind",
@@ -65,7 +71,7 @@ def _warn(warnings: Sequence[str]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def import_command(
     *,
-    source: str,
+    sources: tuple[str, ...],
     kind: str,
     rules_file: Optional[str],
     live: bool,
@@ -81,6 +87,10 @@ def import_command(
     or --live); an IP:port service becomes a bundle on a new mark. Whatever cannot be imported
     exactly is named on stderr; exit 1 when a mark had to be left out (it is written commented
     out, to finish by hand).
+
+    Several files: the keepalived.conf of every node of one VRRP cluster (lvsfw import
+    lb1.conf lb2.conf --rules rules.nft); the bundles come from the first, the [cluster]
+    from all of them (one node's file alone lacks its peers' names and priorities).
     """
     if rules_file and live:
         raise click.UsageError("give --rules FILE or --live, not both")
@@ -90,16 +100,16 @@ def import_command(
     elif live:
         rules = read_live(netns)
     try:
-        result = import_file(
-            source, kind, rules, first_mark=first_mark, merge_ports=merge_ports
+        result = import_files(
+            sources, kind, rules, first_mark=first_mark, merge_ports=merge_ports
         )
     except ImportFailed as exc:
         _warn(exc.warnings)  # what was found before the failure still counts
         raise
     origin = rules_file or ("the live kernel" if live else "no rules (pass --rules or --live)")
-    toml = result.config_text(
-        [f"lvsfw config imported from {source}", f"marks' VIPs and ports from {origin}"]
-    )
+    header = [f"lvsfw config imported from {', '.join(sources)}",
+              f"marks' VIPs and ports from {origin}"]  # fmt: skip
+    toml = result.config_text(header)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             f.write(toml)
@@ -107,6 +117,7 @@ def import_command(
         data = {
             "config": toml,
             "bundles": [b.name for b in result.bundles],
+            "cluster": [n.name for n in result.cluster.nodes] if result.cluster else None,
             "unmatched": list(result.unmatched),
             "left_out": [n for n, _ in result.stubs],
             "warnings": list(result.warnings),

@@ -375,15 +375,23 @@ def _virtual_server(
     return _ip_port(node, [(vip, port)], "", warn)
 
 
-def _other(node: tree.Node, warn: list[str]) -> None:
-    """Warnings for a top-level statement that is not a virtual server."""
+def _other(node: tree.Node, warn: list[str], vrrp: Optional[list[tree.Node]]) -> None:
+    """Warnings for a top-level statement that is not a virtual server; with ``vrrp``,
+    ``global_defs`` and the VRRP blocks go there instead (:mod:`~lvsfw.importers.kavrrp`)."""
     head = " ".join(node.words)
+    if vrrp is not None and (node.keyword in VRRP_BLOCKS or node.keyword.startswith("vrrp_")
+                             or node.keyword == "global_defs"):  # fmt: skip
+        vrrp.append(node)
+        if node.keyword != "global_defs":
+            return
     if node.keyword == "include":
         warn.append(f"{node.where}: '{head}' is not imported (import the file itself: "
                     "includes are read from files, not from text)")  # fmt: skip
     elif node.keyword == "global_defs":
         for child in node.children or ():
-            if child.keyword.startswith("lvs_"):
+            if child.keyword.startswith("lvs_") and not (
+                vrrp is not None and child.keyword == "lvs_sync_daemon"
+            ):
                 warn.append(not_imported(child.where, child.keyword,
                                          "director-wide IPVS settings are not in lvsfw's model"))
     elif node.keyword in VRRP_BLOCKS or node.keyword.startswith("vrrp_"):
@@ -394,10 +402,16 @@ def _other(node: tree.Node, warn: list[str]) -> None:
 
 
 def parse_keepalived(
-    text: str, source: str = "keepalived.conf", path: Optional[str] = None
+    text: str,
+    source: str = "keepalived.conf",
+    path: Optional[str] = None,
+    *,
+    vrrp: Optional[list[tree.Node]] = None,
 ) -> tuple[list[Source], list[str]]:
     """The virtual servers of a keepalived.conf text, and warnings. With ``path`` (the file
-    ``text`` was read from), ``include`` lines are read relative to it."""
+    ``text`` was read from), ``include`` lines are read relative to it; with ``vrrp``, the
+    ``global_defs`` and VRRP statements are appended to it for
+    :func:`lvsfw.importers.kavrrp.read_node` (else each is a warning here)."""
     source = comment(source)  # it starts every warning and ``where``: one line each
     warn: list[str] = []
     includer = _Includer(source, path, warn) if path is not None else None
@@ -407,7 +421,7 @@ def parse_keepalived(
     seen: dict[tuple[object, ...], str] = {}
     for node in nodes:
         if node.keyword != "virtual_server" or node.children is None:
-            _other(node, warn)
+            _other(node, warn, vrrp)
             continue
         for item in _virtual_server(node, groups, warn):
             keys = [("mark", item.mark, item.family)] if item.mark is not None else [
