@@ -11,20 +11,18 @@ import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar
 
 import attrs
 import click
 
-from lvsfw import cli_fleet, config, registry, state
-from lvsfw.backends.base import ServiceHalf
-from lvsfw.backends.karun import DEFAULT_CONF, KeepalivedRuntime
+from lvsfw import assemble, cli_fleet, config, registry, state
+from lvsfw.backends.karun import DEFAULT_CONF
 from lvsfw.backends.keepalived import Keepalived
 from lvsfw.director import Director
 from lvsfw.drift import Report
-from lvsfw.errors import LvsfwError, ValidationError
+from lvsfw.errors import LvsfwError
 from lvsfw.importers.command import import_command
-from lvsfw.lock import LOCK_DIR
 from lvsfw.model import mark_text
 from lvsfw.output import (
     Up,
@@ -39,8 +37,7 @@ from lvsfw.output import (
 from lvsfw.rules import FwmarkService, normalize, specify
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING, EXIT_DRIFT = 0, 1, 2, 3
-DEFAULT_FIREWALL = "nftables"
-DEFAULT_LOCK_TIMEOUT = 60.0
+DEFAULT_FIREWALL, DEFAULT_LOCK_TIMEOUT = assemble.DEFAULT_FIREWALL, assemble.DEFAULT_LOCK_TIMEOUT
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -145,40 +142,18 @@ def _settings(cfg: Optional[config.Config], flags: dict[str, Any]) -> config.Dir
     return base.merged(**given)
 
 
-def _services(cfg: Optional[config.Config], settings: config.DirectorSettings,
-              flags: dict[str, Any]) -> Union[bool, str, ServiceHalf]:  # fmt: skip
-    """The service half the settings name (True: ipvsadm)."""
-    if settings.ipvs != "keepalived":
-        if settings.node is not None:
-            raise click.UsageError("--node goes with --ipvs keepalived")
-        return True if settings.ipvs is None else settings.ipvs
-    cluster = cfg.cluster if cfg is not None else None
-    if cluster is not None and settings.node is None:
-        names = ", ".join(n.name for n in cluster.nodes)
-        raise ValidationError("director.node", None, f"this director's node of [cluster] ({names})")
-    return KeepalivedRuntime(settings.netns, cluster=cluster, node=settings.node,
-                             conf=settings.keepalived_conf or DEFAULT_CONF,
-                             ipvsadm=flags.get("ipvsadm") or "ipvsadm")  # fmt: skip
-
-
 def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool = False) -> Director:
-    """The Director for ``cfg`` and the flags. ``owned`` (show, destroy: about what lvsfw owns
-    now): without --firewall, the packet filter recorded in the state file comes first."""
-    settings = _settings(cfg, flags)
-    recorded = state.load(settings.state_file or state.state_path(settings.netns)).firewall
-    if owned and flags.get("firewall") is None and recorded is not None:
-        firewall = recorded
-    else:
-        firewall = settings.firewall or recorded or DEFAULT_FIREWALL
+    """The Director for ``cfg`` and the flags (:func:`lvsfw.assemble.build`). ``owned`` (show,
+    destroy: about what lvsfw owns now): without --firewall, the recorded packet filter first."""
     timeout = flags.get("lock_timeout")
-    return Director(
-        firewall,
-        _services(cfg, settings, flags),
-        settings.netns,
-        state_file=settings.state_file,
+    return assemble.build(
+        _settings(cfg, flags),
+        cfg.cluster if cfg is not None else None,
+        owned=owned,
+        firewall_given=flags.get("firewall") is not None,
+        lock_dir=flags.get("lock_dir"),
         lock_timeout=DEFAULT_LOCK_TIMEOUT if timeout is None else float(timeout),  # 0: at once
-        lock_dir=flags.get("lock_dir") or LOCK_DIR,
-        ipvsadm=flags.get("ipvsadm") or "ipvsadm",
+        ipvsadm=flags.get("ipvsadm"),
     )
 
 

@@ -13,7 +13,6 @@ tests do), since ansible-core is in the test extra.
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 import secrets
@@ -25,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
-from lvsfw import Director, config
+from lvsfw import config
 from tests import fake_ipvsadm
 from tests.netlab import LabError, ensure_kernel, require_kernel, run
 
@@ -442,12 +442,9 @@ def test_broken_bundles_fail_with_one_line(life: Life) -> None:
 
 
 @pytest.mark.kernel
-def test_node_is_reserved(life: Life) -> None:
-    if "node" in inspect.signature(Director).parameters:  # the keepalived runtime has landed
-        assert not life["node"].get("failed"), life["node"]
-        return
+def test_node_without_keepalived_is_refused(life: Life) -> None:
     msg = _one_line_failure(life["node"])
-    assert msg.startswith("node: this lvsfw has no per-node runtime yet"), msg
+    assert msg.startswith("node: 'lb1' is not valid; expected a node with ipvs"), msg
 
 
 @pytest.mark.kernel
@@ -514,6 +511,38 @@ def test_ha_pair_example(tmp_path: Path) -> None:
         assert first["stats"][node]["changed"] >= 1, first["stats"]
         assert again["stats"][node]["changed"] == 0, again["stats"]
     assert rulesets[0] == rulesets[1] and "table inet lvsfw" in rulesets[0]
+
+
+@pytest.mark.kernel
+def test_keepalived_node_writes_its_whole_keepalived_conf(tmp_path: Path) -> None:
+    """ipvs=keepalived with node: the task writes the node's config-tested keepalived.conf
+    (keepalived not running: a warning, the task still succeeds); re-run: unchanged."""
+    ensure_kernel()
+    tool("ansible-playbook")
+    ns = netns_add()
+    try:
+        in_netns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        conf, toml = tmp_path / "keepalived.conf", tmp_path / "pair.toml"
+        cluster = {"interface": "eth0", "virtual_router_id": 51, "node": [
+            {"name": "lb1", "address": "192.168.50.1", "priority": 150},
+            {"name": "lb2", "address": "192.168.50.2", "priority": 100}]}  # fmt: skip
+        web = {"name": "web", "vips": ["192.0.2.10"], "ports": "tcp:80,443", "mark": 80,
+               "real_servers": ["10.0.0.11"], "health": {"check": "tcp"}}  # fmt: skip
+        toml.write_text(tomli_w.dumps({"cluster": cluster, "bundle": [web]}))
+        task = {"name": "lb1", "lvsfw.lvs.bundles": {
+            "config": str(toml), "ipvs": "keepalived", "node": "lb1", "netns": ns,
+            "keepalived_conf": str(conf), "state_file": str(tmp_path / "state.json"),
+            "lock_dir": str(tmp_path)}}  # fmt: skip
+        play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]
+        first = by_task(playbook(tmp_path, play))["lb1"]
+        again = by_task(playbook(tmp_path, play))["lb1"]
+    finally:
+        run(["ip", "netns", "delete", ns], check=False)
+    assert first["changed"] is True and not first.get("failed"), first
+    assert any("keepalived is not running" in w for w in first.get("warnings", [])), first
+    text = conf.read_text(encoding="utf-8")
+    assert text.startswith("# keepalived.conf written by lvsfw") and "router_id lb1" in text
+    assert again["changed"] is False, again
 
 
 def test_missing_ansible_fails_under_require_kernel(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -256,8 +256,8 @@ def test_the_command_line_runs_it_from_the_file(vrrp_ns: Netns, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("lines", "flags", "words"),
     [
-        ('ipvs = "keepalived"', (), "director.node"),  # a [cluster] but no node
-        ('ipvs = "ipvsadm"\nnode = "lb1"', (), "--node goes with --ipvs keepalived"),
+        ('ipvs = "keepalived"', (), "this director's node of [cluster] (lb1, lb2)"),
+        ('ipvs = "ipvsadm"\nnode = "lb1"', (), 'node: \'lb1\' is not valid; expected a node with'),
         ('ipvs = "keepalived"', ("--node", "lb9"), "lb9"),
     ],
 )

@@ -8,7 +8,6 @@ they are validated exactly like a config file and fail with the same one-line me
 
 from __future__ import annotations
 
-import inspect
 import sys
 import traceback
 from typing import Any, Optional
@@ -16,10 +15,8 @@ from typing import Any, Optional
 try:
     import tomli_w
 
-    from lvsfw import config, state
-    from lvsfw.director import Director
+    from lvsfw import assemble, config
     from lvsfw.errors import LvsfwError
-    from lvsfw.lock import LOCK_DIR
     from lvsfw.output import plan_json, summary
 except ImportError:
     HAS_LVSFW = False
@@ -42,9 +39,10 @@ COMMON_OPTIONS: dict[str, dict[str, Any]] = {
     "config": {"type": "path"},
     "bundles": {"type": "list", "elements": "dict"},
     "firewall": {"type": "str"},
-    "ipvs": {"type": "bool"},
+    "ipvs": {"type": "raw"},
     "netns": {"type": "str"},
     "node": {"type": "str"},
+    "keepalived_conf": {"type": "path"},
     "state_file": {"type": "path"},
     "lock_dir": {"type": "path"},
     "lock_timeout": {"type": "float", "default": DEFAULT_LOCK_TIMEOUT},
@@ -99,50 +97,50 @@ def bundles_from_tables(tables: list[dict[str, Any]]) -> tuple[Any, ...]:
         raise ModuleError(f"{field or 'bundles'}: {reason}") from None
 
 
-def load(params: dict[str, Any]) -> tuple[Optional[tuple[Any, ...]], Any]:
-    """The bundles the task names (None when it names none) and its director settings
-    (a config file's ``[director]`` table, the task's options taking precedence)."""
+def _ipvs(value: Any) -> Any:
+    """The ``ipvs`` option: a YAML boolean, or one of lvsfw's names of the service half."""
+    if value is None or isinstance(value, bool) or value in config.IPVS_MODES:
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
+        return value.lower() in ("true", "yes")
+    modes = ", ".join(config.IPVS_MODES)
+    raise ModuleError(f"ipvs: {value!r} is not valid; expected true, false or one of {modes}")
+
+
+def load(params: dict[str, Any]) -> tuple[Optional[tuple[Any, ...]], Any, Any]:
+    """The bundles the task names (None when it names none), its director settings (a config
+    file's ``[director]`` table, the task's options taking precedence) and the config's
+    ``[cluster]`` (None: none)."""
     settings = config.DirectorSettings()
     bundles: Optional[tuple[Any, ...]] = None
+    cluster = None
     if params.get("config"):
         loaded = config.load(params["config"])
-        bundles, settings = loaded.bundles, loaded.director
+        bundles, settings, cluster = loaded.bundles, loaded.director, loaded.cluster
     elif params.get("bundles") is not None:
         bundles = bundles_from_tables(params["bundles"])
-    keys = ("firewall", "ipvs", "netns", "state_file")
-    return bundles, settings.merged(**{k: params.get(k) for k in keys})
+    keys = ("firewall", "netns", "state_file", "node", "keepalived_conf")
+    given = {k: params.get(k) for k in keys}
+    return bundles, settings.merged(ipvs=_ipvs(params.get("ipvs")), **given), cluster
 
 
-def director(params: dict[str, Any], settings: Any, owned: bool = False) -> Any:
-    """The :class:`lvsfw.Director` for the task, as the ``lvsfw`` command builds it: the
-    packet filter the task or config names, else the one the state file records, else
-    nftables (``owned``, for state=absent: the recorded one first unless the task names one).
-    """
-    recorded = state.load(settings.state_file or state.state_path(settings.netns)).firewall
-    if owned and params.get("firewall") is None and recorded is not None:
-        firewall = recorded
-    else:
-        firewall = settings.firewall or recorded or DEFAULT_FIREWALL
+def director(params: dict[str, Any], settings: Any, cluster: Any = None,
+             owned: bool = False) -> Any:  # fmt: skip
+    """The :class:`lvsfw.Director` for the task, built as the ``lvsfw`` command builds it
+    (:func:`lvsfw.assemble.build`): the packet filter the task or config names, else the one
+    the state file records, else nftables (``owned``, for state=absent: the recorded one
+    first unless the task names one); the service half ``ipvs`` names."""
     timeout = params["lock_timeout"]
     if not timeout >= 0:  # NaN too
         raise ModuleError(f"lock_timeout: {timeout!r} is not valid; expected seconds >= 0")
-    extra: dict[str, Any] = {}
-    if params.get("node") is not None:
-        if "node" not in inspect.signature(Director).parameters:
-            raise ModuleError(
-                "node: this lvsfw has no per-node runtime yet (the keepalived runtime, where a"
-                " director renders its own keepalived.conf by node name); leave node out"
-            )
-        extra["node"] = params["node"]
-    return Director(
-        firewall,
-        settings.ipvs if settings.ipvs is not None else True,
-        settings.netns,
-        state_file=settings.state_file,
-        lock_dir=params.get("lock_dir") or LOCK_DIR,
+    return assemble.build(
+        settings,
+        cluster,
+        owned=owned,
+        firewall_given=params.get("firewall") is not None,
+        lock_dir=params.get("lock_dir"),
         lock_timeout=timeout,
-        ipvsadm=params.get("ipvsadm") or "ipvsadm",
-        **extra,
+        ipvsadm=params.get("ipvsadm"),
     )
 
 

@@ -75,20 +75,25 @@ options:
     type: str
   ipvs:
     description:
-      - Manage the IPVS fwmark services too (through C(ipvsadm)); V(false) manages the marks only.
+      - Who runs IPVS. V(true) or V(ipvsadm) (lvsfw, through C(ipvsadm)); V(keepalived)
+        (keepalived builds IPVS from the keepalived.conf lvsfw writes, config-tests and
+        reloads it); V(false) or V(none) (the marks only).
       - Default the config's C([director]) setting, else V(true).
-    type: bool
+    type: raw
   netns:
     description:
       - The network namespace (a name under C(/run/netns)) to work in; default the current one.
     type: str
   node:
     description:
-      - Reserved for the keepalived runtime, where each director of an HA pair is named.
-      - Until the installed lvsfw supports per-node settings, giving it fails the task with a
-        message saying so (it is never silently ignored); when lvsfw's Director accepts a
-        C(node), it is passed on.
+      - With O(ipvs=keepalived) and a C([cluster]) table in O(config), this director's node
+        (its whole keepalived.conf, VRRP included, is written). Refused with any other O(ipvs).
     type: str
+  keepalived_conf:
+    description:
+      - With O(ipvs=keepalived), the file lvsfw writes (never one it did not write); default
+        C(/etc/keepalived/keepalived.conf).
+    type: path
   verify:
     description:
       - After applying (or removing), read the kernel back with C(lvsfw verify) and fail the
@@ -209,8 +214,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     """Plan (check mode) or apply/destroy; the task's result."""
     params = module.params
     present = params["state"] == "present"
-    bundles, settings = common.load(params)
-    director = common.director(params, settings, owned=not present)
+    bundles, settings, cluster = common.load(params)
+    director = common.director(params, settings, cluster, owned=not present)
     wanted = list(bundles or ()) if present else []
     if module.check_mode:
         plan = director.plan(wanted)
@@ -218,6 +223,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         plan = director.apply(wanted)
     else:
         plan = director.destroy()
+    for note in director.services.notes:  # keepalived not running: the file waits for it
+        module.warn(note)
     result = common.plan_result(plan)
     result.update(
         {

@@ -48,16 +48,24 @@ options:
         the config's setting, else the one lvsfw's state file records, else V(nftables).
     type: str
   ipvs:
-    description: Verify the IPVS services too; default the config's setting, else V(true).
-    type: bool
+    description:
+      - Who runs IPVS, as the config's C([director]) C(ipvs) says it; V(true) or V(ipvsadm)
+        (lvsfw, the default), V(keepalived) (keepalived from lvsfw's keepalived.conf, where real
+        servers a health check took out are reported in RV(down), not as drift), V(false) or
+        V(none) (marks only).
+    type: raw
   netns:
     description: The network namespace to read; default the current one.
     type: str
   node:
     description:
-      - Reserved for the keepalived runtime (see M(lvsfw.lvs.bundles)); fails while the
-        installed lvsfw has no per-node settings.
+      - With O(ipvs=keepalived) and a C([cluster]) table, this director's node.
     type: str
+  keepalived_conf:
+    description:
+      - With O(ipvs=keepalived), lvsfw's keepalived.conf; default
+        C(/etc/keepalived/keepalived.conf).
+    type: path
   state_file:
     description: lvsfw's state file; default C(/var/lib/lvsfw/state.json) (one per namespace).
     type: path
@@ -113,13 +121,24 @@ firewall:
   description: The packet filter read.
   returned: always
   type: str
+down:
+  description: With O(ipvs=keepalived), the configured real servers a health check took out
+    of IPVS (not drift).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - bundle: web
+      family: ipv4
+      mark: 80
+      address: 10.0.0.11
 """
 
 
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Verify; the task's result (failed when there is drift)."""
-    bundles, settings = common.load(module.params)
-    director = common.director(module.params, settings)
+    bundles, settings, cluster = common.load(module.params)
+    director = common.director(module.params, settings, cluster)
     report = director.verify(list(bundles or ()))
     result: dict[str, Any] = {
         "changed": False,
@@ -127,6 +146,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         "drift": common.drift_json(report),
         "drift_lines": [str(d) for d in report.drift],
         "firewall": director.firewall.name,
+        "down": [{"bundle": d.bundle, "family": str(d.family), "mark": d.mark,
+                  "address": str(d.address)} for d in report.down],
     }
     if not report.ok:
         module.fail_json(msg=common.drift_message(report), **result)
