@@ -169,7 +169,7 @@ def test_lock_timeout_zero_fails_at_once_when_the_lock_is_held(
 
 def test_lock_timeout_zero_reaches_the_director(monkeypatch: pytest.MonkeyPatch) -> None:
     """No kernel needed: the Director is built with 0, not the 60 s default."""
-    from lvsfw import cli
+    from lvsfw import assemble
 
     seen: dict[str, Any] = {}
 
@@ -178,7 +178,7 @@ def test_lock_timeout_zero_reaches_the_director(monkeypatch: pytest.MonkeyPatch)
             seen.update(kwargs)
             raise LockTimeout("stop here")
 
-    monkeypatch.setattr(cli, "Director", Director)
+    monkeypatch.setattr(assemble, "Director", Director)  # the one builder of the command
     line = one_error_line(invoke("destroy", "--yes", "--lock-timeout", "0", "--no-ipvs"))
     assert line == "lvsfw: stop here" and seen["lock_timeout"] == 0.0
     one_error_line(invoke("destroy", "--yes", "--no-ipvs"))

@@ -231,10 +231,11 @@ def _ask(proto: str, address: str, port: int) -> str:
     try:
         if proto == "udp":
             with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.settimeout(3)
+                s.settimeout(5)
                 s.sendto(b"who", (address, port))
                 return s.recv(2048).decode().strip()
-        with socket.create_connection((address, port), timeout=5) as s:
+        # generous: under software emulation on a busy host a server thread can stall seconds
+        with socket.create_connection((address, port), timeout=15) as s:
             s.sendall(b"GET / HTTP/1.0\r\nHost: lvsfw\r\n\r\n")
             data = b""
             while chunk := s.recv(4096):
