@@ -249,7 +249,10 @@ def render(
 def plan(file: str, as_json: bool, verbose: bool, **flags: Any) -> None:
     """Show how the live kernel differs from FILE. Exit 0: no change; 2: changes pending."""
     cfg = config.load(file)
-    result = _director(cfg, flags).plan(cfg.bundles)
+    director = _director(cfg, flags)
+    result = director.plan(cfg.bundles)
+    for note in director.services.notes:
+        click.echo(f"lvsfw: {note}", err=True)
     if as_json:
         _emit(plan_json(result))
     else:

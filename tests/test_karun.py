@@ -310,3 +310,20 @@ def test_save_writes_no_ipvsadm_file_for_keepalived(vrrp_ns: Netns, tmp_path: Pa
     lb = director(vrrp_ns, tmp_path, runtime(vrrp_ns, tmp_path))
     paths = lb.save([WEB], str(tmp_path / "boot"))
     assert [Path(p).name for p in paths] == ["lvsfw-nftables.rules"]
+
+
+def test_a_service_keepalived_lost_is_said_by_apply(vrrp_ns: Netns, tmp_path: Path) -> None:
+    """The file is unchanged but the running keepalived's IPVS lacks a service it configures
+    (``ipvsadm -D`` by hand): a reload cannot bring it back, so apply says to restart."""
+    ipvsadm = str(fake_ipvsadm.install(tmp_path / "ipvs"))
+    director(vrrp_ns, tmp_path, runtime(vrrp_ns, tmp_path, ipvsadm=ipvsadm)).apply([WEB, DNS])
+    subprocess.run([ipvsadm, "-A", "-f", "53", "-s", "wlc"], check=True)  # 80 is "lost"
+    daemon = FakeDaemon(tmp_path, tmp_path / "keepalived.pid")
+    try:
+        half = runtime(vrrp_ns, tmp_path, ipvsadm=ipvsadm)
+        assert not director(vrrp_ns, tmp_path, half).apply([WEB, DNS])
+        assert daemon.signalled() is None  # nothing written, nothing signalled
+    finally:
+        daemon.close()
+    assert len(half.notes) == 1, half.notes
+    assert "does not hold fwmark 80 (ipv4)" in half.notes[0] and "restart" in half.notes[0]

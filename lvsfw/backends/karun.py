@@ -45,6 +45,9 @@ class ConfigFile:
 
     text: Optional[str]
     services: frozenset[FwmarkService] = frozenset()
+    #: The (family, mark)s keepalived holds in IPVS now (None: not read — keepalived not
+    #: running, or no IPVS to read here).
+    held: Optional[frozenset[ServiceKey]] = None
 
 
 @attrs.frozen
@@ -133,9 +136,34 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
         if not lvsfws(text):
             return ConfigFile(text)
         try:
-            return ConfigFile(text, parse_blocks(text))
+            services = parse_blocks(text)
         except ParseError:
             return ConfigFile(text)  # damaged by hand: rewritten, and verify says so
+        return ConfigFile(text, services, self._held() if services else None)
+
+    def _held(self) -> Optional[frozenset[ServiceKey]]:
+        """What a running keepalived holds in IPVS (best effort: None when unknown)."""
+        if self.running() is None:
+            return None
+        try:
+            return frozenset((s.family, s.mark) for s in self.ipvs_reader.read_dump().services)
+        except LvsfwError:
+            return None
+
+    def _lost(self, found: ConfigFile) -> None:
+        """Say when keepalived lost a service its unchanged file configures: a reload does
+        not bring it back (keepalived thinks it still holds it), a restart does."""
+        if found.held is None:
+            return
+        held = found.held
+        lost = sorted((s.mark, s.family) for s in found.services
+                      if s.service.real_servers and (s.family, s.mark) not in held)  # fmt: skip
+        if lost:
+            which = ", ".join(f"fwmark {mark} ({family})" for mark, family in lost)
+            self.notes.append(
+                f"keepalived does not hold {which} that {self.conf} configures (removed by"
+                " hand?); a reload does not re-add it: restart keepalived"
+            )
 
     def _foreign(self) -> ConflictError:
         return ConflictError(
@@ -155,6 +183,7 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
             raise self._foreign()
         new = self.render_file(spec)
         if found.text == new or (found.text is None and not spec.services and not owned):
+            self._lost(found)
             return None, None
         change = ConfigWrite(self.conf, found.text, new)
         if spec.services - found.services or found.text is None:
