@@ -4,7 +4,8 @@ the Ansible modules build it (one place, so the two cannot choose differently).
 The packet filter: the one the settings name, else the one the state file records, else
 nftables (for ``owned`` work — show, destroy — the recorded one first unless ``firewall`` was
 given explicitly). The service half: ipvsadm (the default), none, or keepalived from lvsfw's
-keepalived.conf (with a ``[cluster]``, the file of this director's ``node``).
+keepalived.conf (with a ``[cluster]``, the file of this director's ``node``). nftables keeps
+what it committed beside the state file (``STATE.nft``) for the next process's apply.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Optional, Union
 from lvsfw import state
 from lvsfw.backends.base import ServiceHalf
 from lvsfw.backends.karun import DEFAULT_CONF, KeepalivedRuntime
+from lvsfw.backends.nftables import Nftables
 from lvsfw.cluster import Cluster
 from lvsfw.config import IPVS_MODES, DirectorSettings
 from lvsfw.director import Director
@@ -61,7 +63,7 @@ def build(
         firewall = recorded
     else:
         firewall = settings.firewall or recorded or DEFAULT_FIREWALL
-    return Director(
+    director = Director(
         firewall,
         service_half(settings, cluster, ipvsadm or "ipvsadm"),
         settings.netns,
@@ -70,3 +72,8 @@ def build(
         lock_dir=lock_dir or LOCK_DIR,
         ipvsadm=ipvsadm or "ipvsadm",
     )
+    if isinstance(director.firewall, Nftables) and director.firewall.cache_path is None:
+        # a fresh process each time: what the last one committed is kept beside the state
+        # file, trusted only while the namespace's nf_tables generation is unchanged
+        director.firewall.cache_path = director.state_file + ".nft"
+    return director

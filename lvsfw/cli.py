@@ -37,6 +37,8 @@ from lvsfw.output import (
 from lvsfw.rules import FwmarkService, normalize, specify
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING, EXIT_DRIFT = 0, 1, 2, 3
+#: How many bundle names ``lvsfw check`` prints (``--json`` lists them all).
+SHOWN = 10
 DEFAULT_FIREWALL, DEFAULT_LOCK_TIMEOUT = assemble.DEFAULT_FIREWALL, assemble.DEFAULT_LOCK_TIMEOUT
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,23 +180,17 @@ def cli() -> None:
 def check(file: str, as_json: bool) -> None:
     """Validate FILE and check its bundles for conflicts; no kernel access."""
     cfg = config.load(file)
-    spec = specify(cfg.bundles)
+    spec = specify(cfg.bundles)  # conflict-checked, services included (by mark)
     names = [b.name for b in cfg.bundles]
+    # one IPVS service per (family, mark): counted without building them
+    services = len({(f, b.mark.value) for b in cfg.bundles for f in b.families})
     if as_json:
-        _emit(
-            {
-                "ok": True,
-                "file": file,
-                "bundles": names,
-                "mark_rules": len(spec.rules),
-                "ipvs_services": len(spec.services),
-            }
-        )
+        _emit({"ok": True, "file": file, "bundles": names, "mark_rules": len(spec.rules),
+               "ipvs_services": services})  # fmt: skip
         return
-    click.echo(
-        f"{file}: ok: {len(names)} bundle(s) ({', '.join(names) or 'none'}), "
-        f"{len(spec.rules)} mark rule(s), {len(spec.services)} IPVS service(s)"
-    )
+    shown = ", ".join(names[:SHOWN]) + (f", ... {len(names) - SHOWN} more" if names[SHOWN:] else "")
+    click.echo(f"{file}: ok: {len(names)} bundle(s) ({shown or 'none'}), "
+               f"{len(spec.rules)} mark rule(s), {services} IPVS service(s)")  # fmt: skip
 
 
 @cli.command()

@@ -153,10 +153,11 @@ class Director:
         return self.firewall.observe(fast), self.services.observe(keys)
 
     def plan(self, bundles: Iterable[Bundle]) -> Plan:
-        """What :meth:`apply` would add, change and remove now; writes nothing."""
+        """What :meth:`apply` would add, change and remove now; writes nothing (read as apply
+        reads: from lvsfw's own last commit while the kernel's generation says it stands)."""
         spec = specify(bundles)
         current = self._load()
-        live, services = self._observe(spec, current, fast=False)
+        live, services = self._observe(spec, current, fast=True)
         plan, (adds, removes) = self._plan(spec, current, live, services)
         plan, marks = self._marks(spec, live, plan)
         sent = zip((self.services, self.firewall, self.services), (adds, marks, removes))

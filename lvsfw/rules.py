@@ -7,7 +7,9 @@ backend renders, parsed back, must equal it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Optional
 
 import attrs
@@ -151,6 +153,14 @@ _HIDDEN = tuple(
 )
 
 
+def expanded() -> Iterator[MarkRule]:
+    """The rule objects of the last conflict-free bundle set :func:`specify` expanded: those a
+    specification built since most likely holds. A reader of rules from elsewhere (a cache
+    file) may reuse the equal ones, so that comparing them with the specification is by
+    identity (C speed) rather than field by field."""
+    return itertools.chain.from_iterable(map(operator.itemgetter(1), _checked[0].values()))
+
+
 def _hidden(bundle: Bundle) -> tuple[object, ...]:
     bundle_fields, service_fields, server_fields = _HIDDEN
     service = bundle.service
@@ -187,7 +197,7 @@ def specify(
     new: Memo = {}  # the bundles not in ``known`` (not known to be conflict-free)
     repeated = False
     for bundle in bundles:
-        entry = known.get(bundle)
+        entry = known.get(bundle) if known else None  # (an empty dict still hashes the key)
         if entry is not None and _same(entry[0], bundle):
             repeated = repeated or id(entry) in hits
             hits.add(id(entry))
@@ -256,10 +266,11 @@ def normalize(rules: Iterable[MarkRule]) -> frozenset[MarkRule]:
     """Merge touching port ranges of otherwise equal rules: a canonical form for comparison."""
     if isinstance(rules, Normalized):
         return rules
-    merged: list[MarkRule] = []
-    for group in _grouped(rules).values():
-        merged += _merged(group)
-    return Normalized(merged)
+    groups = list(_grouped(rules).values())
+    merged = list(map(_merged, groups))
+    if isinstance(rules, frozenset) and all(map(operator.is_, merged, groups)):
+        return Normalized(rules)  # nothing merged: built from the set's stored hashes
+    return Normalized(itertools.chain.from_iterable(merged))
 
 
 def _grouped(rules: Iterable[MarkRule]) -> dict[GroupKey, list[MarkRule]]:
@@ -276,13 +287,15 @@ def _grouped(rules: Iterable[MarkRule]) -> dict[GroupKey, list[MarkRule]]:
 
 
 def _merged(group: list[MarkRule]) -> list[MarkRule]:
-    """One group's rules with touching or overlapping port ranges merged."""
+    """One group's rules with touching or overlapping port ranges merged (the rules that
+    merge with none are kept as they are: the same objects; ``group`` itself, the same list,
+    when none merged)."""
     if len(group) == 1:
         return group
     merged: list[MarkRule] = []
-    group = sorted(group, key=lambda r: (r.first_port, r.last_port))
-    last = group[0]
-    for rule in group[1:]:
+    ordered = sorted(group, key=_PORTS)
+    last = ordered[0]
+    for rule in ordered[1:]:
         if rule.first_port <= last.last_port + 1:
             if rule.last_port > last.last_port:
                 last = attrs.evolve(last, last_port=rule.last_port)
@@ -290,17 +303,17 @@ def _merged(group: list[MarkRule]) -> list[MarkRule]:
             merged.append(last)
             last = rule
     merged.append(last)
-    return merged
+    return group if len(merged) == len(group) else merged
 
 
 GroupKey = tuple[int, int, str, int, int]
-
-
-def _group(rule: MarkRule) -> GroupKey:
-    return (rule.vip.version, int(rule.vip), _PROTO_NAME[rule.protocol], rule.mark, rule.mask)
-
-
-_PROTO_NAME = {p: p.value for p in Protocol}
+#: A rule's group, (IP version, address as an int, protocol name, mark, mask), read at C
+#: speed (``vip._version``/``vip._ip`` are ipaddress's own fields: no Python-level call per
+#: rule, which ``int(vip)`` and ``Protocol.value`` would be).
+_group: Callable[[MarkRule], GroupKey] = operator.attrgetter(
+    "vip._version", "vip._ip", "protocol._value_", "mark", "mask"
+)
+_PORTS = operator.attrgetter("first_port", "last_port")
 
 
 class Normalizer:
@@ -323,8 +336,11 @@ class Normalizer:
         if len(added) + len(removed) > len(rules) // 4:  # mostly new: start over
             self._members = _grouped(rules)
             self._normals = {k: _merged(v) for k, v in self._members.items()}
-            normal = [rule for group in self._normals.values() for rule in group]
-            self._rules, self._normal = rules, Normalized(normal)
+            if all(map(operator.is_, self._normals.values(), self._members.values())):
+                self._normal = Normalized(rules)  # nothing merged: the set's stored hashes
+            else:
+                self._normal = Normalized(itertools.chain.from_iterable(self._normals.values()))
+            self._rules = rules
             return self._normal
         touched = {_group(r) for r in added | removed}
         stale: list[MarkRule] = []

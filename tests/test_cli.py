@@ -100,6 +100,21 @@ def test_version() -> None:
     assert re.match(r"lvsfw, version \S+", invoke("--version").output)
 
 
+def test_check_of_many_bundles_names_ten(tmp_path: Path) -> None:
+    """A big file's one line names ten bundles and counts the rest; --json lists all; the
+    service count equals the specification's (counted without building the services)."""
+    from lvsfw import Bundle
+
+    bundles = [Bundle(f"b{i}", ["192.0.2.1", "2001:db8::1"] if i % 3 else "192.0.2.2",
+                      f"tcp:{1000 + i}", 10 + i // 2) for i in range(12)]  # fmt: skip
+    path = tmp_path / "many.toml"
+    path.write_text(config.dumps(bundles))
+    line = invoke("check", str(path)).output
+    assert "(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, ... 2 more)" in line, line
+    assert f"{len(specify(bundles).services)} IPVS service(s)" in line
+    assert len(json.loads(invoke("check", str(path), "--json").output)["bundles"]) == 12
+
+
 def test_check(web: Path, bad: Path) -> None:
     result = invoke("check", str(web))
     assert result.exit_code == 0

@@ -22,7 +22,9 @@ Writes are single libnftables transactions: the whole table when it is absent (o
 after drift), otherwise only the map elements and mark chains that differ; each comes with
 its inverse, which is the undo. The live table is read once per apply, or not at all while
 the namespace's nf_tables generation is the one lvsfw's own last commit produced (see
-:mod:`lvsfw.backends.nftgen`).
+:mod:`lvsfw.backends.nftgen`): known in memory within a process and, with
+:attr:`Nftables.cache_path` set, from a file that commit left for later processes
+(:mod:`lvsfw.backends.nftcache`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Optional
 
+from lvsfw.backends import nftcache
 from lvsfw.backends.base import Change as Change_
 from lvsfw.backends.base import Finding, Live, PacketFilter
 from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, written
@@ -58,7 +61,7 @@ from lvsfw.backends.remarks import Words, command, nft_overrides
 from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.netns import call_in_netns
 from lvsfw.ports import ports_text
-from lvsfw.rules import MarkRule, Specification
+from lvsfw.rules import MarkRule, Specification, expanded
 
 
 class Context:
@@ -94,6 +97,11 @@ class Nftables(PacketFilter):
     """Marks packets from interval maps in table ``inet lvsfw`` (see the module docstring)."""
 
     name: ClassVar[str] = "nftables"
+
+    #: Where a commit records what it wrote, for :meth:`observe` in later processes (None:
+    #: nowhere, only this object remembers). The record is trusted only while the namespace's
+    #: boot, cookie and nf_tables generation are the ones the commit produced.
+    cache_path: Optional[str] = None
 
     def __init__(self, netns: Optional[str] = None) -> None:
         super().__init__(netns)
@@ -207,12 +215,19 @@ class Nftables(PacketFilter):
 
         ``fast``: when the namespace's nf_tables generation is the one lvsfw's own last commit
         produced (nothing at all was committed since, by anyone), return what that commit
-        wrote without listing the table. Drift checks never pass ``fast``.
+        wrote without listing the table: remembered by this object, or recorded at
+        :attr:`cache_path` by an earlier process. Drift checks never pass ``fast``.
         """
 
         def work(ctx: Context) -> LiveState:
-            if fast and self._written is not None and generation() == self._written[0]:
+            now = generation() if fast else None
+            if now is not None and self._written is not None and now == self._written[0]:
                 return self._written[1]
+            if now is not None and self.cache_path is not None:
+                target = nftcache.load(self.cache_path, nftcache.key_of(now), expanded())
+                if target is not None:
+                    self._written = (now, written(target))
+                    return self._written[1]
             return self._live(ctx)
 
         return self._in_netns(work)
@@ -301,12 +316,16 @@ class Nftables(PacketFilter):
 
         Remembers what the table holds afterwards, keyed by the nf_tables generation, when
         the generation moved by exactly this one commit and the result is known (not an
-        undo; see :meth:`observe`).
+        undo; see :meth:`observe`), and records it at :attr:`cache_path`. The record is
+        removed before sending and written only after the commit succeeded, so a process
+        killed in between leaves none (the next one reads the table in full).
         """
         mine = self.own(change, Change)
 
         def work(ctx: Context) -> None:
             self._written = None
+            if self.cache_path is not None:
+                nftcache.discard(self.cache_path)
             before = generation()
             ctx.json(mine.forward, self._argv("-j", "-f", "-"))
             after = generation()
@@ -314,6 +333,9 @@ class Nftables(PacketFilter):
                 return
             if mine.target is not None:
                 self._written = (after, written(mine.target))
+                key = nftcache.key_of(after)
+                if self.cache_path is not None and key is not None:
+                    nftcache.save(self.cache_path, key, mine.target)
 
         self._in_netns(work)
         self.last_transaction = mine.forward
@@ -351,6 +373,9 @@ class Nftables(PacketFilter):
         """Delete table inet lvsfw if it exists; nothing else is touched."""
 
         def work(ctx: Context) -> None:
+            self._written = None
+            if self.cache_path is not None:
+                nftcache.discard(self.cache_path)
             if self._exists(ctx):
                 argv = self._argv("delete", "table", FAMILY, TABLE)
                 ctx.json({"nftables": [{"delete": TABLE_OBJ}]}, argv)
