@@ -9,7 +9,9 @@ pid in its pid file (``/run/keepalived.pid``; ``keepalived --namespace NS`` keep
 ``/run/keepalived/NS/``). keepalived not running is no error: the file waits for it, and
 :attr:`KeepalivedRuntime.notes` says so. A file without lvsfw's header line is never
 overwritten. ``verify`` reads the live IPVS table (never writes it): real servers a health
-check took out are *down*, not drift (:func:`lvsfw.drift.health_drift`).
+check took out are *down*, not drift (:func:`lvsfw.drift.health_drift`). keepalived is
+reloaded, never restarted: a service it lost while the file stayed the same (a reload does not
+re-add it) is a note asking for a restart.
 """
 
 from __future__ import annotations
