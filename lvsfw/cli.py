@@ -160,6 +160,12 @@ def _director(cfg: Optional[config.Config], flags: dict[str, Any], owned: bool =
     )
 
 
+def _notes(director: Director) -> None:
+    """What the service half wants the admin to know (keepalived not running...): stderr."""
+    for note in director.services.notes:
+        click.echo(f"lvsfw: {note}", err=True)
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 CONFIG = click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
@@ -248,8 +254,7 @@ def plan(file: str, as_json: bool, verbose: bool, **flags: Any) -> None:
     cfg = config.load(file)
     director = _director(cfg, flags)
     result = director.plan(cfg.bundles)
-    for note in director.services.notes:
-        click.echo(f"lvsfw: {note}", err=True)
+    _notes(director)
     if as_json:
         _emit(plan_json(result))
     else:
@@ -295,8 +300,7 @@ def _apply(
             click.echo(f"{pending}\nplan: {summary(pending)}")
             click.confirm("Apply these changes?", abort=True)
     done = director.apply(cfg.bundles)
-    for note in director.services.notes:
-        click.echo(f"lvsfw: {note}", err=True)
+    _notes(director)
     if as_json:
         _emit(plan_json(done))
     elif done:
@@ -423,6 +427,7 @@ def destroy(config_file: Optional[str], yes: bool, as_json: bool, **flags: Any) 
             raise click.UsageError("--json needs --yes (there is no one to ask)")
         click.confirm("Remove every mark rule and IPVS service lvsfw owns?", abort=True)
     done = director.destroy()
+    _notes(director)
     if as_json:
         _emit(plan_json(done))
     else:

@@ -251,6 +251,9 @@ def test_the_command_line_runs_it_from_the_file(vrrp_ns: Netns, tmp_path: Path) 
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
     other = lvsfw("render", str(path), "--backend", "keepalived", "--node", "lb1")
     assert other.stdout.rstrip("\n") == conf.read_text(encoding="utf-8").rstrip("\n")
+    gone = lvsfw("destroy", "--yes", "-c", str(path), "--lock-dir", str(tmp_path))
+    assert gone.returncode == 0 and "lvsfw: keepalived is not running" in gone.stderr, gone
+    assert "virtual_server" not in conf.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
