@@ -66,6 +66,8 @@ BUNDLE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "quorum": ((int,), "the real servers' total weight below which the service is down"),
     "hysteresis": ((int,), "an integer below the quorum"),
     "inhibit_on_failure": ((bool,), "true or false"),
+    "alpha": ((bool,), "true or false"),
+    "omega": ((bool,), "true or false"),
 }
 SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "address": ((str,), "an address"),
@@ -440,8 +442,9 @@ def bundle_data(bundle: Bundle) -> dict[str, object]:
     for key in ("delay_loop", "quorum", "hysteresis"):
         if getattr(service, key) is not None:
             data[key] = getattr(service, key)
-    if service.inhibit_on_failure:
-        data["inhibit_on_failure"] = True
+    for flag in ("inhibit_on_failure", "alpha", "omega"):
+        if getattr(service, flag):
+            data[flag] = True
     return data
 
 

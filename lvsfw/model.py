@@ -226,7 +226,9 @@ class VirtualService:
     equality): ``health`` (:class:`lvsfw.health.HealthCheck` of every real server without its
     own), ``delay_loop`` (seconds between checks), ``sorry_server`` (where clients go when no
     real server is up), ``quorum``/``hysteresis`` (the weight sum below which the service is
-    down), ``inhibit_on_failure`` (a failed server gets weight 0 instead of leaving IPVS).
+    down), ``inhibit_on_failure`` (a failed server gets weight 0 instead of leaving IPVS),
+    ``alpha`` (real servers start down until their first check passes), ``omega`` (the
+    quorum is re-evaluated when the service is shut down too).
     """
 
     scheduler: Scheduler = attrs.field(default=Scheduler.WLC, converter=_scheduler)
@@ -242,6 +244,8 @@ class VirtualService:
     quorum: Optional[int] = attrs.field(default=None, eq=False)
     hysteresis: Optional[int] = attrs.field(default=None, eq=False)
     inhibit_on_failure: bool = attrs.field(default=False, eq=False)
+    alpha: bool = attrs.field(default=False, eq=False)
+    omega: bool = attrs.field(default=False, eq=False)
 
     @delay_loop.validator
     @quorum.validator
@@ -253,6 +257,8 @@ class VirtualService:
             count(attribute.name, value)
 
     @inhibit_on_failure.validator
+    @alpha.validator
+    @omega.validator
     def _flag(self, attribute: attrs.Attribute[bool], value: object) -> None:
         if not isinstance(value, bool):
             raise ValidationError(attribute.name, value, "true or false")
@@ -262,7 +268,7 @@ class VirtualService:
         """What keepalived is told that IPVS never sees (for conflict checks)."""
         servers = tuple((s.address, s.health) for s in self.real_servers)
         return (self.health, self.delay_loop, self.sorry_server, self.quorum, self.hysteresis,
-                self.inhibit_on_failure, servers)  # fmt: skip
+                self.inhibit_on_failure, self.alpha, self.omega, servers)  # fmt: skip
 
     def for_family(self, family: Family) -> VirtualService:
         """This service as IPVS keeps it for ``family``.

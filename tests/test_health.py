@@ -60,6 +60,8 @@ def test_connecting_checks_default_to_the_first_tcp_port() -> None:
         ({"quorum": 2, "hysteresis": 2}, "hysteresis"),
         ({"delay_loop": 0}, "delay_loop"),
         ({"inhibit_on_failure": "yes"}, "inhibit_on_failure"),
+        ({"alpha": 1}, "alpha"),
+        ({"omega": "on"}, "omega"),
     ],
 )
 def test_bad_settings_name_their_field(fields: dict[str, Any], field: str) -> None:
@@ -93,6 +95,8 @@ delay_loop = 5
 sorry_server = "10.0.0.99"
 quorum = 1
 inhibit_on_failure = true
+alpha = true
+omega = true
 real_servers = ["10.0.0.11",
   { address = "10.0.0.12", health = { check = "misc", script = "/usr/bin/chk 80", timeout = 5 } }]
 """
@@ -103,7 +107,7 @@ def test_toml_carries_everything_and_round_trips() -> None:
     vs = bundle.service
     assert vs.health == HealthCheck("http", port=80, path="/healthz")
     assert (vs.delay_loop, str(vs.sorry_server.address), vs.quorum) == (5, "10.0.0.99", 1)
-    assert vs.inhibit_on_failure
+    assert vs.inhibit_on_failure and vs.alpha and vs.omega
     assert vs.real_servers[1].health == HealthCheck("misc", script="/usr/bin/chk 80", timeout=5)
     (again,) = config.loads(config.dumps([bundle])).bundles
     assert again.service.keepalived_fields == vs.keepalived_fields  # eq ignores them: compare
@@ -123,7 +127,7 @@ def effective(bundle_or_service: Any) -> list[Any]:
     vs = getattr(bundle_or_service, "service", bundle_or_service)
     checks = [(str(s.address), s.health or vs.health) for s in vs.real_servers]
     return [checks, vs.delay_loop, vs.sorry_server, vs.quorum, vs.hysteresis,
-            vs.inhibit_on_failure]  # fmt: skip
+            vs.inhibit_on_failure, vs.alpha, vs.omega]  # fmt: skip
 
 
 def test_render_then_parse_gives_the_checks_back() -> None:
@@ -184,6 +188,7 @@ def checked_bundles(draw: st.DrawFn) -> list[Bundle]:
             fields.update(quorum=1, hysteresis=0)
         fields["delay_loop"] = draw(st.none() | st.integers(1, 30))
         fields["inhibit_on_failure"] = draw(st.booleans())
+        fields["alpha"], fields["omega"] = draw(st.booleans()), draw(st.booleans())
         vips = [f"192.0.2.{i + 1}"] + ([f"2001:db8::{i + 1}"] if dual else [])
         bundles.append(Bundle(f"b{i}", vips, f"tcp:{8000 + i},443 udp:53", 100 + i,
                               real_servers=servers, **fields))  # fmt: skip

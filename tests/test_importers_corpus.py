@@ -179,7 +179,8 @@ def test_every_virtual_server_keyword_is_imported_or_warned(line: str) -> None:
     keyword = line.split(maxsplit=1)[0]
     changed = bundles != (BASE,) or any(
         getattr(bundles[0].service, f) != getattr(BASE.service, f)
-        for f in ("delay_loop", "quorum", "hysteresis", "sorry_server", "inhibit_on_failure")
+        for f in ("delay_loop", "quorum", "hysteresis", "sorry_server", "inhibit_on_failure",
+                  "alpha", "omega")
     )
     warned = _said(warnings, "k.conf:2:", f"'{keyword}")
     assert changed or warned or line in {"lb_kind NAT", "protocol TCP", "ip_family inet"}

@@ -41,6 +41,7 @@ def service_lines(vs: VirtualService, family: Family) -> list[str]:
         lines.append(f"    quorum {vs.quorum}")
     if vs.hysteresis is not None:
         lines.append(f"    hysteresis {vs.hysteresis}")
+    lines += [f"    {flag}" for flag in ("alpha", "omega") if getattr(vs, flag)]
     return lines
 
 
@@ -126,4 +127,7 @@ def service_fields(items: dict[str, Node]) -> dict[str, object]:
         port = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
         address = words[0] if words else ""
         fields["sorry_server"] = SorryServer.parse({"address": address, "port": port})
+    for flag in ("alpha", "omega"):
+        if flag in items:
+            fields[flag] = True
     return fields

@@ -40,7 +40,7 @@ METHODS = {"NAT": Forwarding.MASQ, "DR": Forwarding.ROUTE, "TUN": Forwarding.TUN
 SERVICE_KEYWORDS = {
     "ip_family", "lb_algo", "lvs_sched", "lb_kind", "lvs_method", "persistence_timeout",
     "persistence_granularity", "protocol", "real_server", "delay_loop", "quorum", "hysteresis",
-    "inhibit_on_failure", "sorry_server",
+    "inhibit_on_failure", "sorry_server", "alpha", "omega",
 }  # fmt: skip
 SERVER_KEYWORDS = {"weight", "lvs_method", "lb_kind", "uthreshold", "lthreshold"}
 CHECKERS = {
@@ -54,8 +54,8 @@ _CHECKING = (
 REASONS = {
     **dict.fromkeys(CHECKERS, _CHECKING),
     **dict.fromkeys(
-        ("delay_loop", "retry", "delay_before_retry", "warmup", "connect_timeout", "alpha",
-         "omega", "virtualhost", "inhibit_on_failure", "nb_get_retry"),
+        ("delay_loop", "retry", "delay_before_retry", "warmup", "connect_timeout",
+         "virtualhost", "inhibit_on_failure", "nb_get_retry"),
         "a health-check setting; " + _CHECKING,
     ),
     **dict.fromkeys(
@@ -178,14 +178,15 @@ def _granularity(items: dict[str, tree.Node], family: Family) -> tuple[int, int]
 
 
 def _keepalived_fields(items: dict[str, tree.Node], warn: list[str]) -> dict[str, Any]:
-    """The model's keepalived-only fields: delay_loop, quorum, hysteresis,
-    inhibit_on_failure and sorry_server (``ADDRESS [PORT]``)."""
+    """The model's keepalived-only fields: delay_loop, quorum, hysteresis, the flags
+    inhibit_on_failure, alpha and omega, and sorry_server (``ADDRESS [PORT]``)."""
     fields: dict[str, Any] = {
         key: _int(items[key]) for key in ("delay_loop", "quorum", "hysteresis") if key in items
     }
-    if "inhibit_on_failure" in items:
-        words = items["inhibit_on_failure"].words[1:]
-        fields["inhibit_on_failure"] = not words or words[0].lower() in {"true", "on", "yes"}
+    for flag in ("inhibit_on_failure", "alpha", "omega"):
+        if flag in items:
+            words = items[flag].words[1:]
+            fields[flag] = not words or words[0].lower() in {"true", "on", "yes"}
     if "sorry_server" in items:
         node = items["sorry_server"]
         if len(node.words) not in (2, 3):
