@@ -13,7 +13,8 @@ import pytest
 
 from lvsfw import Bundle, Director, config, specify
 from lvsfw.backends.base import Change, Live
-from lvsfw.backends.fake import FakeFilter, FakeKernel, FakeServices
+from lvsfw.backends.fake import FakeFilter, FakeKernel
+from lvsfw.backends.fakeipvs import FakeServices
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.backends.nftables import Nftables
 from tests.test_director import Netns, kernel_ready

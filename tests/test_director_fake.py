@@ -18,7 +18,8 @@ import attrs
 import pytest
 
 from lvsfw import Bundle, CommandFailed, ConflictError, registry, specify, state
-from lvsfw.backends.fake import FakeFilter, FakeKernel, FakeServices
+from lvsfw.backends.fake import FakeFilter, FakeKernel
+from lvsfw.backends.fakeipvs import FakeServices
 from lvsfw.director import STEPS, Director
 from lvsfw.enums import Family
 from lvsfw.model import VirtualService

@@ -14,15 +14,8 @@ import pytest
 
 from lvsfw import Bundle, CommandFailed, ConflictError, specify
 from lvsfw.backends.base import Change, Live, PacketFilter, ServiceHalf, ServiceLive
-from lvsfw.backends.fake import (
-    FakeChange,
-    FakeFilter,
-    FakeKernel,
-    FakeLive,
-    FakeServiceChange,
-    FakeServiceLive,
-    FakeServices,
-)
+from lvsfw.backends.fake import FakeChange, FakeFilter, FakeKernel, FakeLive
+from lvsfw.backends.fakeipvs import FakeServiceChange, FakeServiceLive, FakeServices
 from lvsfw.enums import Family
 from lvsfw.model import VirtualService
 from lvsfw.rules import FwmarkService, Specification
