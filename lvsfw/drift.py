@@ -9,6 +9,7 @@ from typing import Generic, Optional, TypeVar
 import attrs
 
 from lvsfw.backends.base import Finding
+from lvsfw.backends.keepalived import builds
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.health import HealthCheck
 from lvsfw.model import Bundle, RealServer
@@ -254,13 +255,13 @@ def health_drift(
     a service with every one down and no sorry server is drift."""
     live = list(live)
     servers = {(s.family, s.mark): s for s in live}
-    bare = [attrs.evolve(s, service=attrs.evolve(s.service, real_servers=())) for s in live]
-    # keepalived never builds a service with no real server ("has no real servers -
-    # ignoring"): one the bundles configure that way is not missing
-    kept = [s for s in spec.services if s.service.real_servers or s.service.sorry_server]
-    want_bare = {attrs.evolve(s, service=attrs.evolve(s.service, real_servers=()))
-                 for s in kept}  # fmt: skip
-    drift = service_drift(bundles, Specification(frozenset(), frozenset(want_bare)), bare, owned)
+
+    def bare(fs: FwmarkService) -> FwmarkService:  # the service's settings, not its servers
+        return attrs.evolve(fs, service=attrs.evolve(fs.service, real_servers=()))
+
+    # a service keepalived never builds (no real server) is not missing
+    wanted = Specification(frozenset(), frozenset(bare(s) for s in spec.services if builds(s)))
+    drift = service_drift(bundles, wanted, map(bare, live), owned)
     down: list[Down] = []
     by_mark = {b.mark.value: b for b in bundles}
     for want in sorted(spec.services):

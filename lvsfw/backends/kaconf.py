@@ -24,6 +24,14 @@ ADVERTISED = 20
 _NAMES = {Family.IPV4: "lvsfw_4", Family.IPV6: "lvsfw_6"}
 
 
+def runs_scripts(spec: Specification) -> bool:
+    """Whether a real server of ``spec`` is checked by a ``misc`` script (its own check, else
+    its service's): keepalived then needs script security in ``global_defs``."""
+    checks = (s.health or fs.service.health for fs in spec.services
+              for s in fs.service.real_servers)  # fmt: skip
+    return any(check is not None and check.check == "misc" for check in checks)
+
+
 def _global(cluster: Cluster, node: Node, scripts: bool, first: str) -> list[str]:
     lines = ["global_defs {", f"    router_id {node.name}"]
     if scripts:
@@ -82,11 +90,7 @@ def render_cluster(
     ]
     if cluster.gateway is not None:
         instances.append(("lvsfw_gw", Family.of(cluster.gateway), [cluster.gateway]))
-    scripts = any(
-        check is not None and check.check == "misc"
-        for fs in spec.services
-        for check in (fs.service.health, *(s.health for s in fs.service.real_servers))
-    )
+    scripts = runs_scripts(spec)
     first = instances[0][0] if instances else _NAMES[Family.IPV4]
     sections = [[f"{HEADER} for node {node.name}; lvsfw rewrites it"],
                 _global(cluster, node, scripts, first)]  # fmt: skip

@@ -28,7 +28,7 @@ import attrs
 from lvsfw.backends import kaconf
 from lvsfw.backends.base import Change, ServiceHalf, ServiceKey, ServiceLive
 from lvsfw.backends.ipvs import Ipvs
-from lvsfw.backends.keepalived import SCRIPT_SECURITY, Keepalived, parse_blocks
+from lvsfw.backends.keepalived import SCRIPT_SECURITY, Keepalived, builds, parse_blocks
 from lvsfw.cluster import Cluster
 from lvsfw.command import TOOL_PATH, run
 from lvsfw.errors import CommandFailed, ConflictError, LvsfwError, ParseError
@@ -47,9 +47,9 @@ class ConfigFile:
 
     text: Optional[str]
     services: frozenset[FwmarkService] = frozenset()
-    #: The (family, mark)s keepalived holds in IPVS now (None: not read — keepalived not
-    #: running, or no IPVS to read here).
-    held: Optional[frozenset[ServiceKey]] = None
+    #: The fwmark services a running keepalived holds in IPVS now (None: not read —
+    #: keepalived not running, or no IPVS to read here).
+    table: Optional[frozenset[FwmarkService]] = None
 
 
 @attrs.frozen
@@ -120,9 +120,9 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
         if self.cluster is not None and self.node is not None:
             return self.render_spec(spec)
         blocks = self.render_spec(spec)
-        scripts = "MISC_CHECK" in blocks
         head = f"{kaconf.HEADER}; lvsfw rewrites it\n"
-        return head + (SCRIPT_SECURITY if scripts else "") + (f"\n{blocks}" if blocks else "")
+        security = SCRIPT_SECURITY if kaconf.runs_scripts(spec) else ""
+        return head + security + (f"\n{blocks}" if blocks else "")
 
     # -- the contract (lvsfw.backends.base.ServiceHalf) ------------------------------------
 
@@ -141,25 +141,25 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
             services = parse_blocks(text)
         except ParseError:
             return ConfigFile(text)  # damaged by hand: rewritten, and verify says so
-        return ConfigFile(text, services, self._held() if services else None)
+        return ConfigFile(text, services, self._table() if services else None)
 
-    def _held(self) -> Optional[frozenset[ServiceKey]]:
+    def _table(self) -> Optional[frozenset[FwmarkService]]:
         """What a running keepalived holds in IPVS (best effort: None when unknown)."""
         if self.running() is None:
             return None
         try:
-            return frozenset((s.family, s.mark) for s in self.ipvs_reader.read_dump().services)
+            return self.ipvs_reader.read_dump().services
         except LvsfwError:
             return None
 
     def _lost(self, found: ConfigFile) -> None:
         """Say when keepalived lost a service its unchanged file configures: a reload does
         not bring it back (keepalived thinks it still holds it), a restart does."""
-        if found.held is None:
+        if found.table is None:
             return
-        held = found.held
+        held = {(s.family, s.mark) for s in found.table}
         lost = sorted((s.mark, s.family) for s in found.services
-                      if s.service.real_servers and (s.family, s.mark) not in held)  # fmt: skip
+                      if builds(s) and (s.family, s.mark) not in held)  # fmt: skip
         if lost:
             which = ", ".join(f"fwmark {mark} ({family})" for mark, family in lost)
             self.notes.append(
@@ -208,8 +208,10 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
         return {}
 
     def table(self, live: ServiceLive) -> frozenset[FwmarkService]:
-        """The fwmark services live in IPVS, as keepalived built them (read only)."""
-        return self.ipvs_reader.read_dump().services
+        """The fwmark services live in IPVS, as keepalived built them (read only; the read
+        :meth:`observe` made when keepalived runs, else one now)."""
+        found = self.own(live, ConfigFile).table
+        return found if found is not None else self.ipvs_reader.read_dump().services
 
     def check(self, change: Change) -> None:
         """``keepalived --config-test`` of the new text, in the Director's namespace; a

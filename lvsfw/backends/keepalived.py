@@ -47,6 +47,12 @@ def _kind(servers: tuple[RealServer, ...]) -> Forwarding:
     return max(Forwarding, key=lambda f: (counts[f], -list(Forwarding).index(f)))
 
 
+def builds(fs: FwmarkService) -> bool:
+    """Whether keepalived builds ``fs`` in IPVS from its block: it drops a virtual_server with
+    no real_server, sorry server or not ("has no real servers - ignoring", check_parser.c)."""
+    return bool(fs.service.real_servers)
+
+
 def render_block(fs: FwmarkService, delay_loop: int | None = None) -> str:
     """The ``virtual_server fwmark`` block of one service."""
     fs = canonical(fs)
