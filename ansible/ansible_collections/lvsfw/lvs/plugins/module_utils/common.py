@@ -98,13 +98,12 @@ def bundles_from_tables(tables: list[dict[str, Any]]) -> tuple[Any, ...]:
 
 
 def _ipvs(value: Any) -> Any:
-    """The ``ipvs`` option: a YAML boolean, or one of lvsfw's names of the service half."""
-    if value is None or isinstance(value, bool) or value in config.IPVS_MODES:
-        return value
+    """The ``ipvs`` option: a boolean templated into text (``"{{ false }}"`` is ``"False"``)
+    is a boolean again; every other value is checked where the Director is built
+    (:func:`lvsfw.assemble.service_half`, as for the command)."""
     if isinstance(value, str) and value.lower() in ("true", "yes", "false", "no"):
         return value.lower() in ("true", "yes")
-    modes = ", ".join(config.IPVS_MODES)
-    raise ModuleError(f"ipvs: {value!r} is not valid; expected true, false or one of {modes}")
+    return value
 
 
 def load(params: dict[str, Any]) -> tuple[Optional[tuple[Any, ...]], Any, Any]:
