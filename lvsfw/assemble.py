@@ -46,6 +46,11 @@ def service_half(
                              ipvsadm=ipvsadm)  # fmt: skip
 
 
+def state_file(settings: DirectorSettings) -> str:
+    """The state file the Director for ``settings`` uses (named, else its namespace's)."""
+    return settings.state_file or state.state_path(settings.netns)
+
+
 def build(
     settings: DirectorSettings,
     cluster: Optional[Cluster] = None,
@@ -58,7 +63,7 @@ def build(
 ) -> Director:
     """The Director for ``settings`` (see the module's docstring); ``firewall_given``: the
     packet filter was named by the caller (a flag), not only by a config file."""
-    recorded = state.load(settings.state_file or state.state_path(settings.netns)).firewall
+    recorded = state.load(state_file(settings)).firewall
     if owned and not firewall_given and recorded is not None:
         firewall = recorded
     else:

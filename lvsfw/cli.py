@@ -282,8 +282,7 @@ def _state_file(file: str, flags: dict[str, Any]) -> str:
         cfg: Optional[config.Config] = config.load(file)
     except LvsfwError:
         cfg = None
-    settings = _settings(cfg, flags)
-    return settings.state_file or state.state_path(settings.netns)
+    return assemble.state_file(_settings(cfg, flags))
 
 
 def _apply(
