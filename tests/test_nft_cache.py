@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 import sys
 import textwrap
@@ -31,7 +30,7 @@ from lvsfw.director import Director
 from lvsfw.enums import Family
 from lvsfw.errors import CommandFailed
 from lvsfw.rules import MarkRule, specify
-from tests.netlab import run
+from tests.netlab import empty_netns, run
 from tests.test_nftables import kernel_ready
 
 BUNDLES = [
@@ -46,12 +45,8 @@ KEY = ("boot-1", 4096, 7)
 @pytest.fixture
 def netns() -> Iterator[str]:
     kernel_ready()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    run(["ip", "netns", "add", name])
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)  # noqa: S607
 
 
 class Listings:

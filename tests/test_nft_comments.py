@@ -7,7 +7,6 @@ back by the parsers and the live read, kept by the generation-keyed fast path, a
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from lvsfw.director import Director
 from lvsfw.ports import ports_text
 from lvsfw.rules import MarkRule, Specification, normalize, specify
 from tests import strategies
-from tests.netlab import run
+from tests.netlab import empty_netns, run
 from tests.test_nftables import kernel_ready
 
 LVSFW = Path(sys.executable).parent / "lvsfw"
@@ -209,12 +208,8 @@ def test_a_change_writes_the_new_elements_with_their_comments() -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     kernel_ready()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    run(["ip", "netns", "add", name])
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)  # noqa: S607
 
 
 def director(netns: str, tmp_path: Path) -> Director:

@@ -5,8 +5,6 @@ the incremental normalizer.
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +19,7 @@ from lvsfw.director import Director
 from lvsfw.netns import call_in_netns
 from lvsfw.rules import MarkRule, Normalizer, normalize, specify
 from tests import strategies
-from tests.netlab import run
+from tests.netlab import empty_netns, run
 from tests.test_nftables import kernel_ready
 
 BUNDLES = [
@@ -47,12 +45,8 @@ def test_normalizer_equals_normalize_over_any_sequence(sets: list[list[Bundle]])
 @pytest.fixture
 def netns() -> Iterator[str]:
     kernel_ready()
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    run(["ip", "netns", "add", name])
-    try:
+    with empty_netns() as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)  # noqa: S607
 
 
 class Calls:
