@@ -34,7 +34,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Optional, TypeVar
+from typing import Optional, Self, TypeVar
 
 from lvsfw import registry
 from lvsfw.backends.base import PacketFilter
@@ -248,7 +248,31 @@ def _ask(proto: str, address: str, port: int) -> str:
         return f"ERR {type(exc).__name__}: {exc}"
 
 
-class Lab:
+class Built:
+    """A lab used as a context manager: built on entry (closed again when building fails,
+    so nothing half-built is left) and closed on exit."""
+
+    def build(self) -> None:
+        """Create everything."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Remove everything (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Lab(Built):
     """The four namespaces, links, addresses and name servers (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -262,17 +286,6 @@ class Lab:
     @property
     def namespaces(self) -> list[str]:
         return [self.director, self.client, *self.servers.values()]
-
-    def __enter__(self) -> Lab:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def build(self) -> None:
         lines = []

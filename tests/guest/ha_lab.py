@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Optional, TypeVar
 
-from e2e_lab import IP, NameServer, in_netns, ip_batch, sh, sysctls
+from e2e_lab import IP, Built, NameServer, in_netns, ip_batch, sh, sysctls
 
 T = TypeVar("T")
 
@@ -142,7 +142,7 @@ class Keepalived:
         return "\n".join(self.text().splitlines()[-lines:])
 
 
-class HaLab:
+class HaLab(Built):
     """The namespaces, bridge, addresses, servers and keepalived processes of the HA lab."""
 
     def __init__(self, workdir: Path) -> None:
@@ -153,17 +153,6 @@ class HaLab:
         self.servers: dict[str, NameServer] = {}
         self.keepalived: dict[str, Keepalived] = {}
         self.logs: list[Path] = []
-
-    def __enter__(self) -> HaLab:
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- building ------------------------------------------------------------------------
 
