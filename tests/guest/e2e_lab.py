@@ -14,7 +14,7 @@ Speed matters under TCG, where each ``ip netns exec`` costs about a second and e
 start several: the lab's own plumbing enters namespaces from a short-lived thread (``setns``
 affects only the calling thread; sockets keep the namespace they were created in, and a child
 forked from that thread starts in it), the servers are sockets created in the real servers'
-namespaces and served by one thread of the test process, and the client's connections are
+namespaces and served by threads of the test process, and the client's connections are
 sockets created in the client namespace. The packets still cross the veths, the director's
 netfilter and IPVS like any others.
 
@@ -157,7 +157,8 @@ class NameServer:
     """Sockets in the real servers' namespaces answering with the server's name.
 
     TCP: reads the request and answers ``HTTP/1.0 200`` with the name as body, then closes.
-    UDP: answers each datagram with the name. One daemon thread serves every socket.
+    UDP: answers each datagram with the name. One daemon thread accepts on every socket and
+    hands each TCP connection to a thread of its own.
     """
 
     def __init__(self) -> None:
@@ -208,13 +209,23 @@ class NameServer:
                     conn, _ = sock.accept()
                     local = conn.getsockname()[0].removeprefix("::ffff:")
                     self.seen.append((body.decode().strip(), local))
-                    with conn:
-                        conn.settimeout(5)
-                        conn.recv(4096)
-                        head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-                        conn.sendall(head + body)
+                    # each connection on its own thread, as a real server: one whose request
+                    # never comes (its SYN crossed one director, the rest another during a
+                    # failover) must not stall the health checks of every other connection
+                    threading.Thread(target=self._answer, args=(conn, body), daemon=True).start()
                 except OSError as exc:
                     self.errors.append(f"{body!r}: {exc}")
+
+    def _answer(self, conn: socket.socket, body: bytes) -> None:
+        """Read one request on ``conn`` (5 s at most), answer ``body``, close."""
+        try:
+            with conn:
+                conn.settimeout(5)
+                conn.recv(4096)
+                head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                conn.sendall(head + body)
+        except OSError as exc:
+            self.errors.append(f"{body!r}: {exc}")
 
     def close(self) -> None:
         self._stop = True
