@@ -27,7 +27,7 @@ from lvsfw.drift import (
     rule_drift,
     service_drift,
 )
-from lvsfw.errors import LvsfwError, add_note
+from lvsfw.errors import ConflictError, LvsfwError, add_note
 from lvsfw.files import write_atomic
 from lvsfw.lock import LOCK_DIR, lock_path, locked
 from lvsfw.model import Bundle
@@ -44,6 +44,13 @@ ServiceKey = state.ServiceKey
 Halves = tuple[Optional[Change], Optional[Change]]
 #: The plan's word for a change with no rule difference.
 REWRITE = "lvsfw's own objects differ from the bundles' (renamed bundles, leftovers): rewrite"
+
+
+def _describe(holder: str) -> str:
+    """A holder as the admin reads it: ``ipvsadm``, ``keepalived (/etc/keepalived/x.conf)``."""
+    name, _, argument = holder.partition(":")
+    name = "ipvsadm" if name == "ipvs" else name
+    return f"{name} ({argument})" if argument else name
 
 
 def _keys(spec: Specification) -> frozenset[ServiceKey]:
@@ -91,6 +98,7 @@ class Director:
         #: The service half when it manages IPVS, else None.
         self.ipvs: Optional[ServiceHalf] = ipvs if ipvs.manages else None
         self.state_file = state_file or state.state_path(netns)
+        self._ipvsadm = ipvsadm
         self.lock_path = lock_path(netns, lock_dir)
         self.lock_timeout = lock_timeout
         #: Called with each step name (see :data:`STEPS`) before it runs: a fault-injection
@@ -120,21 +128,53 @@ class Director:
     def _wanted(self, spec: Specification) -> frozenset[ServiceKey]:
         return _keys(spec) if self.services.manages else frozenset()
 
+    def _holding(self, current: state.State) -> ServiceHalf:
+        """The service half holding the services ``current`` records: this Director's, or
+        the other one the state file names (ipvsadm, keepalived with another file)."""
+        recorded = current.ipvs
+        if not self.services.manages or not current.services or recorded is None:
+            return self.services
+        if recorded == self.services.holder:
+            return self.services
+        name, _, argument = recorded.partition(":")
+        return registry.service_half_class(name).holding(argument, self.netns, self._ipvsadm)
+
+    def _other_holder(self, current: state.State) -> Optional[str]:
+        """Why this Director must not touch the services ``current`` records (another half
+        made them), or None."""
+        half = self._holding(current)
+        if half is self.services:
+            return None
+        keys = ", ".join(f"fwmark {mark} ({family})" for family, mark in sorted(current.services))
+        return (
+            f"{self.state_file} records IPVS services made by {_describe(half.holder)}"
+            f" ({keys}), and this director runs {_describe(self.services.holder)}; lvsfw"
+            f" never hands services from one to the other: run 'lvsfw destroy' first (it"
+            f" removes lvsfw's marks and those services through {half.name}), then apply"
+        )
+
     def _plan(
-        self, spec: Specification, current: state.State, live: Live, services: ServiceLive
+        self,
+        spec: Specification,
+        current: state.State,
+        live: Live,
+        services: ServiceLive,
+        half: Optional[ServiceHalf] = None,
     ) -> tuple[Plan, Halves]:
         """The plan from the live halves to ``spec``, and the service half's changes (before
-        and after the marks); a foreign service in the way raises before anything."""
-        halves = self.services.diff(spec, services, current.services)
+        and after the marks); a foreign service in the way raises before anything.
+        ``half``: the service half to plan with (default: this Director's)."""
+        half = half or self.services
+        halves = half.diff(spec, services, current.services)
         owned = current.services
         findings = self.firewall.findings(spec, live) if spec.rules else []
         repair = tuple(f.detail for f in findings if not f.detail.startswith("foreign"))
         create = not live.rules and self.firewall.name not in current.filters
         held = frozenset(s for s in services.services if (s.family, s.mark) in owned)
-        wanted = spec.services if self.services.manages else frozenset()
+        wanted = spec.services if half.manages else frozenset()
         config: tuple[str, ...] = ()  # the half's own objects, no service change (VRRP)
         if halves != (None, None) and held == wanted:
-            config = tuple(self.services.findings(spec, services))
+            config = tuple(half.findings(spec, services))
         plan = Plan.between(
             self.firewall.name,
             live.rules,
@@ -147,16 +187,29 @@ class Director:
         return plan, halves
 
     def _observe(
-        self, spec: Specification, current: state.State, fast: bool
+        self,
+        spec: Specification,
+        current: state.State,
+        fast: bool,
+        half: Optional[ServiceHalf] = None,
     ) -> tuple[Live, ServiceLive]:
         keys = current.services | self._wanted(spec)
-        return self.firewall.observe(fast), self.services.observe(keys)
+        return self.firewall.observe(fast), (half or self.services).observe(keys)
+
+    def _load_own(self) -> state.State:
+        """:meth:`_load`, refusing (:class:`ConflictError`) a state whose services another
+        service half made: apply and plan never take them over."""
+        current = self._load()
+        other = self._other_holder(current)
+        if other is not None:
+            raise ConflictError(other, "ipvs")
+        return current
 
     def plan(self, bundles: Iterable[Bundle]) -> Plan:
         """What :meth:`apply` would add, change and remove now; writes nothing (read as apply
         reads: from lvsfw's own last commit while the kernel's generation says it stands)."""
         spec = specify(bundles)
-        current = self._load()
+        current = self._load_own()
         live, services = self._observe(spec, current, fast=True)
         plan, (adds, removes) = self._plan(spec, current, live, services)
         plan, marks = self._marks(spec, live, plan)
@@ -175,7 +228,10 @@ class Director:
         drift += finding_drift(self.firewall.findings(spec, live, thorough=True), bundles)
         drift += self._leftovers(current)
         down: list[Down] = []
-        if self.services.manages:
+        other = self._other_holder(current)
+        if other is not None:
+            drift.append(Drift("service-extra", "-", other))
+        elif self.services.manages:
             keys = current.services | _keys(spec)
             table = self.services.table(services)
             found = frozenset(s for s in table if (s.family, s.mark) in keys)
@@ -229,7 +285,7 @@ class Director:
         spec.normalize_with(self._normalizer)
         with locked(self.lock_path, self.lock_timeout):
             saved = state.read_text(self.state_file)
-            current = self._load()
+            current = self._load_own()
             live, services = self._observe(spec, current, fast=True)
             plan, halves = self._plan(spec, current, live, services)
             stale = [f for f in self._others(current) if f.read() or f.objects()]
@@ -261,7 +317,11 @@ class Director:
         the ones still recorded), this one packet filter and its ``objects``."""
         services = self._wanted(spec) if self.services.manages else current.services
         return state.State(services, self.firewall.name, firewalls=frozenset({self.firewall.name}),
-                           objects=objects)  # fmt: skip
+                           objects=objects, ipvs=self._holder(current))  # fmt: skip
+
+    def _holder(self, current: state.State) -> Optional[str]:
+        """The holder an apply records: this half, or (marks only) the one recorded."""
+        return self.services.holder if self.services.manages else current.ipvs
 
     def _settle(self, spec: Specification, current: state.State, live: Live) -> None:
         """After a no-op apply: the record as a finished apply leaves it (if it differs)."""
@@ -318,6 +378,7 @@ class Director:
             pending=True,
             firewalls=current.filters | {firewall.name},
             objects=current.objects | (firewall.creates(marks) if marks else frozenset()),
+            ipvs=self._holder(current),
         )
         state.save(self.state_file, pending)
         undo = UndoStack()
@@ -350,17 +411,20 @@ class Director:
         with locked(self.lock_path, self.lock_timeout):
             current = self._load()
             empty = specify([])
-            live, services = self._observe(empty, current, fast=False)
-            plan, halves = self._plan(empty, current, live, services)
+            half = self._holding(current)  # the half that made them, even if not this one
+            live, services = self._observe(empty, current, fast=False, half=half)
+            plan, halves = self._plan(empty, current, live, services, half=half)
             self.firewall.remove()
             for other in self._others(current):  # every filter an apply may have written
                 other.remove()
             for change in halves:
                 if change is not None:
-                    self.services.commit(change)
+                    half.commit(change)
+            self.services.notes += half.notes if half is not self.services else []
             # without IPVS, its owned services stay recorded: they are still lvsfw's to remove
             kept = frozenset() if self.services.manages else current.services
-            state.save(self.state_file, state.State(kept, self.firewall.name))
+            holder = None if self.services.manages else current.ipvs
+            state.save(self.state_file, state.State(kept, self.firewall.name, ipvs=holder))
         return plan
 
     # -- boot persistence ----------------------------------------------------------------

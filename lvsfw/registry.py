@@ -58,9 +58,14 @@ def packet_filter(name: str, netns: str | None = None) -> PacketFilter:
     return cls(netns=netns)
 
 
-def service_half(name: str, netns: str | None = None) -> ServiceHalf:
-    """An instance of the live service backend ``name`` (the IPVS half) in ``netns``."""
+def service_half_class(name: str) -> type[ServiceHalf]:
+    """The live service backend (IPVS half) class registered as ``name``."""
     cls = get(name)
     if not issubclass(cls, ServiceHalf):
         raise ValidationError("ipvs", name, "a live service backend such as 'ipvs'")
-    return cls(netns=netns)
+    return cls
+
+
+def service_half(name: str, netns: str | None = None) -> ServiceHalf:
+    """An instance of the live service backend ``name`` (the IPVS half) in ``netns``."""
+    return service_half_class(name)(netns=netns)

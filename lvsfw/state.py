@@ -23,11 +23,14 @@ from lvsfw.netns import namespace_key
 
 STATE_DIR = "/var/lib/lvsfw"
 #: Version 2 records every packet filter an apply may have written and the kernel objects
-#: lvsfw created; version 1 files (services, firewall, pending) are read as before.
-VERSION = 2
-_VERSIONS = (1, 2)
-_FIELDS = {"version", "firewall", "pending", "services", "firewalls", "objects"}
+#: lvsfw created, version 3 the service half holding the services; older files (services,
+#: firewall, pending) are read as before.
+VERSION = 3
+_VERSIONS = (1, 2, 3)
+_FIELDS = {"version", "firewall", "pending", "services", "firewalls", "objects", "ipvs"}
 _BACKEND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+#: A service half's name, then optionally ``:`` and an absolute path (keepalived's file).
+_HOLDER = re.compile(r"[a-z][a-z0-9-]{0,31}(:/[^\x00-\x1f\x7f]{0,4095})?")
 _OBJECT = re.compile(r"[a-z]+:[A-Za-z0-9_. -]{1,64}")
 
 ServiceKey = tuple[Family, int]
@@ -53,7 +56,9 @@ class State:
     foreign object of the same name is never taken for its own. ``pending`` is True between
     the moment an apply widened this record and the moment it finished: a process killed in
     between leaves a state that still names everything it may have created, so the next
-    apply, destroy, show or verify can see and clean it up.
+    apply, destroy, show or verify can see and clean it up. ``ipvs``: the service half that
+    made ``services`` (its :attr:`~lvsfw.backends.base.ServiceHalf.holder`: ``ipvs``, or
+    ``keepalived:`` and lvsfw's file); None in a file written before it was recorded.
     """
 
     services: frozenset[ServiceKey] = frozenset()
@@ -61,6 +66,7 @@ class State:
     pending: bool = False
     firewalls: frozenset[str] = frozenset()
     objects: frozenset[str] = frozenset()
+    ipvs: Optional[str] = None
 
     @property
     def filters(self) -> frozenset[str]:
@@ -77,6 +83,7 @@ class State:
                 "firewalls": sorted(self.firewalls),
                 "objects": sorted(self.objects),
                 "services": [{"family": str(f), "mark": m} for f, m in sorted(self.services)],
+                "ipvs": self.ipvs,
             },
             indent=2,
         )
@@ -105,7 +112,10 @@ class State:
         services = _services(data.get("services"), path)
         firewalls = _strings(data.get("firewalls", []), "firewalls", _BACKEND, path)
         objects = _strings(data.get("objects", []), "objects", _OBJECT, path)
-        return cls(services, firewall, pending, firewalls, objects)
+        ipvs = data.get("ipvs")
+        if ipvs is not None and (not isinstance(ipvs, str) or not _HOLDER.fullmatch(ipvs)):
+            raise _damaged(path, f"ipvs {ipvs!r} is not a service half")
+        return cls(services, firewall, pending, firewalls, objects, ipvs)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -63,7 +63,7 @@ def test_bad_service_fields_are_refused(tmp_path: Path, field: str, value: objec
         {"pending": 1},
         {"firewall": 7},
         {"firewall": "nft tables\n"},
-        {"version": 3},
+        {"version": 4},
         {"version": True},
         {"services": {"family": "ipv4", "mark": 80}},
         {"services": [{"family": "ipv4", "mark": 80, "extra": 1}]},
@@ -72,6 +72,10 @@ def test_bad_service_fields_are_refused(tmp_path: Path, field: str, value: objec
         {"objects": "ipset:x"},
         {"firewalls": [None]},
         {"owner": "me"},
+        {"ipvs": 1},
+        {"ipvs": "keepalived:relative.conf"},
+        {"ipvs": "keepalived:/etc/keepalived/x.conf\n"},
+        {"ipvs": "Ipvs"},
     ],
 )
 def test_bad_top_level_fields_are_refused(tmp_path: Path, change: dict[str, object]) -> None:
@@ -120,6 +124,7 @@ def test_round_trip_and_version_1_files(tmp_path: Path) -> None:
         pending=True,
         firewalls=frozenset({"nftables", "iptables-nft"}),
         objects=frozenset({"ipset:lvsfw4-nft", "table:ip mangle"}),
+        ipvs="keepalived:/etc/keepalived/lvsfw conf.d/lb1.conf",
     )
     save(str(path), state)
     assert load(str(path)) == state
@@ -128,6 +133,7 @@ def test_round_trip_and_version_1_files(tmp_path: Path) -> None:
     old = load(str(path))
     assert old.filters == {"nftables"} and old.objects == frozenset()
     assert old.services == {(Family.IPV4, 80)}
+    assert old.ipvs is None  # who made them was recorded from version 3 on
 
 
 # -- item 6: atomic writes -----------------------------------------------------------------

@@ -246,6 +246,18 @@ class ServiceHalf(ServiceBackend):
         #: What the last commits want the admin to know (keepalived not running...).
         self.notes: list[str] = []
 
+    @property
+    def holder(self) -> str:
+        """Who holds the services this half makes, as the state file records it: the half's
+        name, then ``:`` and what tells two of its kind apart (keepalived: its file)."""
+        return self.name
+
+    @classmethod
+    def holding(cls, argument: str, netns: Optional[str], ipvsadm: str) -> ServiceHalf:
+        """The half whose :attr:`holder` is ``name:argument``: the one that removes what a
+        state file says it made (``ipvsadm``: the program reading IPVS, for halves that do)."""
+        return cls(netns)
+
     @abc.abstractmethod
     def observe(self, keys: frozenset[ServiceKey]) -> ServiceLive:
         """One read of the live services (``keys``: the ones lvsfw owns or wants; a half may

@@ -201,6 +201,11 @@ class Ipvs(ServiceHalf):
         self.runner = runner
 
     @classmethod
+    def holding(cls, argument: str, netns: Optional[str], ipvsadm: str) -> Ipvs:
+        """The ipvsadm half running ``ipvsadm`` in ``netns``."""
+        return cls(netns=netns, ipvsadm=ipvsadm)
+
+    @classmethod
     def available(cls) -> None:
         """Raise :class:`BackendUnavailable` if ``ipvsadm`` is not installed."""
         if shutil.which("ipvsadm", path=TOOL_PATH) is None:

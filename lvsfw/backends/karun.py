@@ -112,6 +112,16 @@ class KeepalivedRuntime(Keepalived, ServiceHalf):
         self.pid_file = pid_file or default_pid_file(netns)
         self._tested: Optional[str] = None  # the last text keepalived --config-test accepted
 
+    @property
+    def holder(self) -> str:
+        """``keepalived:`` and the absolute path of the file lvsfw writes."""
+        return f"{self.name}:{os.path.abspath(self.conf)}"
+
+    @classmethod
+    def holding(cls, argument: str, netns: Optional[str], ipvsadm: str) -> KeepalivedRuntime:
+        """keepalived reading ``argument``, lvsfw's file (its default pid file)."""
+        return cls(netns, conf=argument, ipvsadm=ipvsadm)
+
     # -- rendering -------------------------------------------------------------------------
 
     def render_file(self, spec: Specification) -> str:
