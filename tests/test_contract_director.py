@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,10 +81,11 @@ def test_plan_verbose_prints_exactly_what_apply_sends(ns: Netns, tmp_path: Path)
     d = Director("nftables", None, ns.name, state_file=str(tmp_path / "s.json"),
                  lock_dir=str(tmp_path))  # fmt: skip
     planned = d.plan([WEB]).scripts
-    assert planned == (("nftables", script),)
+    assert planned == (("nftables", script + "\n"),)  # the command strips the last newline
+    assert script.startswith("table inet lvsfw {")  # a new table is sent as nft -f text
     d.apply([WEB])
     assert isinstance(d.firewall, Nftables)
-    assert json.loads(script) == d.firewall.last_transaction  # the very transaction sent
+    assert script + "\n" == d.firewall.last_transaction  # the very transaction sent
     again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 0 and "#" not in again.stdout
 

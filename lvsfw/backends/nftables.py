@@ -32,35 +32,27 @@ from __future__ import annotations
 import ctypes
 import importlib
 from collections.abc import Callable
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 from lvsfw.backends import nftcache
 from lvsfw.backends.base import Change as Change_
 from lvsfw.backends.base import Finding, Live, PacketFilter
-from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, written
+from lvsfw.backends.nftdelta import Change, Target, deltas, full_table, full_table_text, written
 from lvsfw.backends.nftgen import Generation, generation
 from lvsfw.backends.nftparse import LiveState, Table, analyse, parse_json_table, parse_text
 from lvsfw.backends.nftsyntax import (
     FAMILY,
     INSTALL_HINT,
-    MAPS,
     PARSE_ERRORS,
-    PROTO_NAME,
-    SKELETON,
     TABLE,
     TABLE_OBJ,
     Json,
     T,
-    kept_bits,
-    map_type,
-    mark_line,
     paused_gc,
-    sorted_elements,
 )
 from lvsfw.backends.remarks import Words, command, nft_overrides
 from lvsfw.errors import BackendUnavailable, CommandFailed, ParseError
 from lvsfw.netns import call_in_netns
-from lvsfw.ports import ports_text
 from lvsfw.rules import MarkRule, Specification, expanded
 
 
@@ -79,6 +71,16 @@ class Context:
         if rc != 0:
             raise CommandFailed(argv, int(rc), str(error))
         return output
+
+    def send(self, command: Union[Json, str], argv: tuple[str, ...]) -> None:
+        """Run a transaction: libnftables JSON, or an ``nft -f`` script (``str``), whose
+        ``argv`` then drops ``-j``; CommandFailed describing it when refused."""
+        if not isinstance(command, str):
+            self.json(command, argv)
+            return
+        rc, _, error = self._nft.cmd(command)
+        if rc != 0:
+            raise CommandFailed(tuple(a for a in argv if a != "-j"), int(rc), str(error))
 
     def set_dry_run(self, dry: bool) -> None:
         """Have libnftables send batches for validation only (the kernel aborts them)."""
@@ -106,7 +108,7 @@ class Nftables(PacketFilter):
     def __init__(self, netns: Optional[str] = None) -> None:
         super().__init__(netns)
         #: The transaction the last :meth:`apply` sent (None: it wrote nothing).
-        self.last_transaction: Optional[Json] = None
+        self.last_transaction: Optional[Union[Json, str]] = None
         #: The nf_tables generation lvsfw's last commit produced, and what it wrote.
         self._written: Optional[tuple[Generation, LiveState]] = None
 
@@ -123,35 +125,10 @@ class Nftables(PacketFilter):
         """``work`` with a libnftables context created in this backend's namespace."""
         return call_in_netns(self.netns, lambda: work(Context()))
 
-    @paused_gc()
     def render_spec(self, spec: Specification) -> str:
         """The ``nft -f`` script of the whole table, in the format ``nft list`` prints (each
         element commented with its bundle's name)."""
-        target = Target.of(spec.rules, spec.owners)
-        content, chains = target.content, target.chains
-        blocks = []
-        texts: dict[object, str] = {}
-        for name, (family, kind, interval) in MAPS.items():
-            flags = "\t\tflags interval\n" if interval else ""
-            head = f"\tmap {name} {{\n\t\ttype {map_type(family, kind)}\n{flags}"
-            items = []
-            for (vip, proto, lo, hi), (value, note) in sorted_elements(content[name], interval):
-                address = texts.get(vip)
-                if address is None:
-                    address = texts[vip] = str(vip)
-                ports = ports_text(lo, hi)
-                datum = f"{value:#010x}" if isinstance(value, int) else f"goto {value}"
-                said = "" if note is None else f' comment "{note}"'
-                items.append(f"{address} . {PROTO_NAME[proto]} . {ports}{said} : {datum}")
-            if items:
-                head += "\t\telements = { " + ",\n\t\t\t     ".join(items) + " }\n"
-            blocks.append(head + "\t}")
-        for name, (mark, mask) in sorted(chains.items()):
-            blocks.append(f"\tchain {name} {{\n\t\t{mark_line(kept_bits(mark, mask), mark)}\n\t}}")
-        rules = "".join(f"\t\t{text}\n" for text, _ in SKELETON)
-        hook = "type filter hook prerouting priority mangle; policy accept;"
-        blocks.append(f"\tchain prerouting {{\n\t\t{hook}\n{rules}\t}}")
-        return f"table {FAMILY} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
+        return full_table_text(Target.of(spec.rules, spec.owners))
 
     def render_json(self, spec: Specification, replace: bool = False) -> Json:
         """The libnftables JSON creating the whole table (``replace``: deleting it first)."""
@@ -287,8 +264,8 @@ class Nftables(PacketFilter):
             if not live.exists:
                 return None
             return Change({"nftables": [{"delete": TABLE_OBJ}]}, self._restore(live), None)
-        if not live.intact:
-            return Change(full_table(target, live.exists), self._restore(live), target)
+        if not live.intact:  # the whole table: as text (the JSON takes half as long again)
+            return Change(full_table_text(target, live.exists), self._restore(live), target)
         have = live.target
         if have is None:
             have = Target(live.rules, live.content, live.chains, live.names)
@@ -307,7 +284,7 @@ class Nftables(PacketFilter):
 
         def work(ctx: Context) -> None:
             ctx.set_dry_run(True)
-            ctx.json(forward, self._argv("--check", "-j", "-f", "-"))
+            ctx.send(forward, self._argv("--check", "-j", "-f", "-"))
 
         self._in_netns(work)
 
@@ -327,7 +304,7 @@ class Nftables(PacketFilter):
             if self.cache_path is not None:
                 nftcache.discard(self.cache_path)
             before = generation()
-            ctx.json(mine.forward, self._argv("-j", "-f", "-"))
+            ctx.send(mine.forward, self._argv("-j", "-f", "-"))
             after = generation()
             if before is None or after is None or after != (before[0], before[1] + 1):
                 return
@@ -340,8 +317,9 @@ class Nftables(PacketFilter):
         self._in_netns(work)
         self.last_transaction = mine.forward
 
-    def plan(self, spec: Specification) -> Optional[Json]:
-        """The transaction :meth:`apply` would send now (None: nothing to write)."""
+    def plan(self, spec: Specification) -> Optional[Union[Json, str]]:
+        """The transaction :meth:`apply` would send now (None: nothing to write; a ``str``:
+        the ``nft -f`` script of the whole table)."""
         change = self.transaction(spec, self.observe())
         return None if change is None else change.forward
 
@@ -378,6 +356,6 @@ class Nftables(PacketFilter):
                 nftcache.discard(self.cache_path)
             if self._exists(ctx):
                 argv = self._argv("delete", "table", FAMILY, TABLE)
-                ctx.json({"nftables": [{"delete": TABLE_OBJ}]}, argv)
+                ctx.send({"nftables": [{"delete": TABLE_OBJ}]}, argv)
 
         self._in_netns(work)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Optional
+from typing import Optional, Union
 
 import attrs
 
 from lvsfw.backends.nftparse import LiveState
 from lvsfw.backends.nftsyntax import (
     ADDR,
+    FAMILY,
     FULL,
     MAPS,
+    PROTO_NAME,
     SKELETON,
+    TABLE,
     TABLE_OBJ,
     Content,
     Json,
@@ -30,12 +33,16 @@ from lvsfw.backends.nftsyntax import (
     desired,
     element_list,
     elements,
+    kept_bits,
+    map_type,
+    mark_line,
     note,
     paused_gc,
     placement,
     sorted_elements,
     table_object,
 )
+from lvsfw.ports import ports_text
 from lvsfw.rules import MarkRule, normalize
 
 
@@ -149,15 +156,17 @@ def renamed(have: Target, want: Target) -> frozenset[MarkRule]:
 
 @attrs.frozen
 class Change:
-    """One libnftables JSON transaction as a value (:class:`lvsfw.backends.base.Change`).
+    """One libnftables transaction as a value (:class:`lvsfw.backends.base.Change`).
 
-    ``forward`` is what :meth:`Nftables.commit` sends, ``backward`` the transaction undoing
-    it, ``target`` what the table holds after ``forward`` (None: no table, or unknown: an
-    undo, whose result lvsfw does not cache). ``str()`` is the exact JSON sent.
+    ``forward`` is what :meth:`Nftables.commit` sends: libnftables JSON, or an ``nft -f``
+    script (``str``: the whole table, which libnftables loads from text in two thirds of the
+    time its JSON takes); ``backward`` the transaction undoing it, ``target`` what the table
+    holds after ``forward`` (None: no table, or unknown: an undo, whose result lvsfw does
+    not cache). ``str()`` is exactly what is sent.
     """
 
-    forward: Json
-    backward: Json
+    forward: Union[Json, str]
+    backward: Union[Json, str]
     target: Optional[Target]
 
     @property
@@ -166,6 +175,8 @@ class Change:
         return Change(self.backward, self.forward, None)
 
     def __str__(self) -> str:
+        if isinstance(self.forward, str):
+            return self.forward
         return json.dumps(self.forward, sort_keys=True)
 
 
@@ -188,6 +199,38 @@ def full_table(target: Target, replace: bool = False) -> Json:
     commands.append({"add": table_object("chain", name="prerouting", **hook)})
     commands += [{"add": table_object("rule", chain="prerouting", expr=e)} for _, e in SKELETON]
     return {"nftables": commands}
+
+
+@paused_gc()
+def full_table_text(target: Target, replace: bool = False) -> str:
+    """The ``nft -f`` script creating the whole table, in the format ``nft list`` prints
+    (each element commented with its bundle's name); ``replace``: deleting it first."""
+    blocks = []
+    texts: dict[object, str] = {}
+    for name, (family, kind, interval) in MAPS.items():
+        flags = "\t\tflags interval\n" if interval else ""
+        head = f"\tmap {name} {{\n\t\ttype {map_type(family, kind)}\n{flags}"
+        items = []
+        for (vip, proto, lo, hi), (value, said) in sorted_elements(target.content[name], interval):
+            address = texts.get(vip)
+            if address is None:
+                address = texts[vip] = str(vip)
+            datum = f"{value:#010x}" if isinstance(value, int) else f"goto {value}"
+            comment = "" if said is None else f' comment "{said}"'
+            key = f"{address} . {PROTO_NAME[proto]} . {ports_text(lo, hi)}"
+            items.append(f"{key}{comment} : {datum}")
+        if items:
+            head += "\t\telements = { " + ",\n\t\t\t     ".join(items) + " }\n"
+        blocks.append(head + "\t}")
+    for name, (mark, mask) in sorted(target.chains.items()):
+        blocks.append(f"\tchain {name} {{\n\t\t{mark_line(kept_bits(mark, mask), mark)}\n\t}}")
+    rules = "".join(f"\t\t{text}\n" for text, _ in SKELETON)
+    hook = "type filter hook prerouting priority mangle; policy accept;"
+    blocks.append(f"\tchain prerouting {{\n\t\t{hook}\n{rules}\t}}")
+    table = f"table {FAMILY} {TABLE} {{\n" + "\n\n".join(blocks) + "\n}\n"
+    if replace:
+        return f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{table}"
+    return table
 
 
 def deltas(have: Target, want: Target) -> Optional[tuple[Json, Json]]:
