@@ -342,7 +342,7 @@ def _with_ports(service: VirtualService, ports: object, name: object) -> Virtual
 _NO_SERVICE_KWARGS = object()
 
 
-@attrs.frozen(init=False)
+@attrs.frozen(init=False, unsafe_hash=False)
 class Bundle:
     """One multi-port LVS service: VIPs and ports that share ``mark``, plus its IPVS service.
 
@@ -384,6 +384,12 @@ class Bundle:
         self.__attrs_init__(name, vips, ports, mark, _with_ports(service, ports, name))
         self._check_families()
         self._check_quorum()
+
+    def __hash__(self) -> int:
+        # name and mark only: equal bundles still hash equal, and hashing every field (VIPs,
+        # ports, real servers: ipaddress' and enums' hashes are Python code) cost 10 us a
+        # bundle; a config's names are unique, so its bundles never share a hash
+        return hash((self.name, self.mark.value, self.mark.mask))
 
     def _check_quorum(self) -> None:
         """keepalived lowers a quorum above the weight of a family's real servers, and a

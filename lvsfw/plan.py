@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable
 
 import attrs
 
-from lvsfw.enums import address_key
 from lvsfw.model import FULL_MASK
 from lvsfw.ports import ports_text
 from lvsfw.rules import FwmarkService, MarkRule, normalize
 
 
-def _rule_text(rule: MarkRule) -> str:
-    ports = ports_text(rule.first_port, rule.last_port)
-    mask = "" if rule.mask == FULL_MASK else f"/{rule.mask:#x}"
-    return f"{rule.vip} {rule.protocol}:{ports} -> mark {rule.mark}{mask}"
+def _rule_lines(title: str, rules: Iterable[MarkRule]) -> list[str]:
+    """``title`` and each rule's text, in MarkRule's order. The sort key is a plain tuple
+    read at C speed: family, then the address's integer (``_ip``), as ``address_key``
+    orders. Each VIP's text is made once: 31,000 rules of 10,000 bundles take 0.13 s
+    field by field (attrs' comparison: a second), 0.05 s so."""
+    texts: dict[tuple[type, int], str] = {}  # (class, integer): no Python __hash__ called
+    lines = []
+    for rule in sorted(rules, key=_FAST_KEY):
+        vip = rule.vip
+        key = (type(vip), _IP(vip))
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = str(vip)
+        ports, mark, mask = ports_text(rule.first_port, rule.last_port), rule.mark, rule.mask
+        masked = "" if mask == FULL_MASK else f"/{mask:#x}"
+        lines.append(f"{title} {text} {rule.protocol.value}:{ports} -> mark {mark}{masked}")
+    return lines
 
 
-def _rule_key(rule: MarkRule) -> tuple[object, ...]:
-    """MarkRule's own order as a plain tuple: sorting 10,000 rules by attrs' generated
-    comparison takes a second, by this key a twentieth of it."""
-    return (rule.family, address_key(rule.vip), rule.protocol, rule.first_port, rule.last_port,
-            rule.mark, rule.mask)  # fmt: skip
+_IP = operator.attrgetter("_ip")  # ipaddress' integer, without its Python __int__
+_FAST_KEY = operator.attrgetter(
+    "family", "vip._ip", "protocol", "first_port", "last_port", "mark", "mask"
+)
 
 
 def _service_text(service: FwmarkService) -> str:
@@ -115,12 +127,8 @@ class Plan:
         if not self:
             return "no changes"
         lines = [f"{self.firewall}: {_fix(detail, self.create)}" for detail in self.repair]
-        sections = [
-            (f"{self.firewall}: add", self.add_rules, _rule_text),
-            (f"{self.firewall}: remove", self.remove_rules, _rule_text),
-        ]
-        for title, rules, fmt in sections:
-            lines += [f"{title} {fmt(r)}" for r in sorted(rules, key=_rule_key)]
+        lines += _rule_lines(f"{self.firewall}: add", self.add_rules)
+        lines += _rule_lines(f"{self.firewall}: remove", self.remove_rules)
         service_sections = [
             ("ipvs: add", self.add_services),
             ("ipvs: change", self.change_services),
