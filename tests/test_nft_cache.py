@@ -185,6 +185,64 @@ def test_a_foreign_commit_to_another_table_forces_a_full_read(
 
 
 @pytest.mark.kernel
+def test_after_a_foreign_commit_the_full_read_is_recorded(
+    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One foreign commit (a firewall reloaded at boot) costs one listing, not one per
+    apply for ever: the full read, exactly lvsfw's table, is recorded for the next process,
+    which plans the same delta on it as on a full read."""
+    path = _applied(netns, tmp_path)
+    _nft(netns, "add", "table", "ip", "someone-else")
+    assert _fresh_read(netns, path, monkeypatch)[1] == 1
+    live, listings = _fresh_read(netns, path, monkeypatch)
+    assert listings == 0 and live.cached
+    spec = specify(BUNDLES)
+    assert live.rules == spec.normalized
+    assert live.owners() == {r: n for r, n in spec.owners.items() if r in live.rules}
+    backend = _backend(netns, path)
+    full = backend.observe()
+    assert str(backend.diff(specify(CHANGED), live)) == str(backend.diff(specify(CHANGED), full))
+
+
+@pytest.mark.kernel
+def test_a_table_lvsfw_would_not_write_is_never_recorded_from_a_read(
+    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An element in a map lvsfw would not put it in (a single port in the interval map,
+    by hand): the table is intact but a record would place it elsewhere, so every read
+    lists it until lvsfw writes the table itself."""
+    path = _applied(netns, tmp_path)
+    _nft(netns, "add element inet lvsfw markrange4 { 192.0.2.99 . tcp . 99 : 0x00000063 }")
+    for _ in range(2):
+        live, listings = _fresh_read(netns, path, monkeypatch)
+        assert listings == 1 and not live.cached
+    assert any(r.first_port == 99 for r in live.rules)
+
+
+@pytest.mark.kernel
+def test_a_commit_during_the_listing_leaves_no_record(
+    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generation moved between the read's start and its end (someone committed while
+    the table was listed): nothing is recorded from that read."""
+    path = _applied(netns, tmp_path)
+    _nft(netns, "add", "table", "ip", "someone-else")
+    real = nftmod.generation
+    calls: list[int] = []
+
+    def moving() -> Any:
+        now = real()
+        calls.append(1)
+        return None if now is None else (now[0], now[1] + len(calls) - 1)
+
+    monkeypatch.setattr(nftmod, "generation", moving)
+    assert _fresh_read(netns, path, monkeypatch)[1] == 1
+    assert len(calls) == 2  # before the listing, and after it
+    monkeypatch.setattr(nftmod, "generation", real)
+    assert _fresh_read(netns, path, monkeypatch)[1] == 1
+
+
+@pytest.mark.kernel
 def test_a_hand_edit_of_lvsfws_table_is_seen_and_repaired(
     netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

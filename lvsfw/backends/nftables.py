@@ -24,7 +24,8 @@ its inverse, which is the undo. The live table is read once per apply, or not at
 the namespace's nf_tables generation is the one lvsfw's own last commit produced (see
 :mod:`lvsfw.backends.nftgen`): known in memory within a process and, with
 :attr:`Nftables.cache_path` set, from a file that commit left for later processes
-(:mod:`lvsfw.backends.nftcache`).
+(:mod:`lvsfw.backends.nftcache`), or that a full read of exactly lvsfw's table left after
+someone else's commit.
 """
 
 from __future__ import annotations
@@ -205,9 +206,31 @@ class Nftables(PacketFilter):
                 if target is not None:
                     self._written = (now, written(target))
                     return self._written[1]
-            return self._live(ctx)
+            live = self._live(ctx)
+            if now is not None and self.cache_path is not None:
+                self._record_read(live, now, self.cache_path)
+            return live
 
         return self._in_netns(work)
+
+    def _record_read(self, live: LiveState, read_at: Generation, path: str) -> None:
+        """After a full read on the fast path (someone else's commit moved the generation),
+        record the table for later processes, as a commit does. Only when nothing was
+        committed while it was listed and it is exactly what lvsfw writes for its rules:
+        its layout, normalized rules, each element in the map lvsfw places it in (the record
+        keeps rules and names; a reader places them again). Without this, one foreign commit
+        (a firewall reload at boot) made every later no-op apply list the table."""
+        if not live.intact or generation() != read_at:
+            return
+        target = Target.of(live.rules, live.names)
+        if target.rules != live.rules or target.chains != live.chains:
+            return
+        if target.content != live.content:
+            return
+        key = nftcache.key_of(read_at)
+        if key is not None:
+            self._written = (read_at, written(target))
+            nftcache.save(path, key, target)
 
     def snapshot(self, live: Optional[Live] = None) -> Specification:
         """The live rules with their bundle names (element comments) as owners, a

@@ -1,6 +1,8 @@
 """A file recording what lvsfw's own last nftables commit wrote, so that a later process can
 trust it instead of listing the whole table (the fast path of :mod:`lvsfw.backends.nftgen`
-carried across processes: every ``lvsfw apply`` is a new one).
+carried across processes: every ``lvsfw apply`` is a new one). A full read on that path,
+after someone else's commit, records the table too when it is exactly what lvsfw writes for
+its rules and nothing was committed while it was listed.
 
 The record is keyed by the boot (``/proc/sys/kernel/random/boot_id``), the namespace cookie
 and the nf_tables generation id its commit produced: the kernel bumps the generation on
