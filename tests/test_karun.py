@@ -24,6 +24,7 @@ import pytest
 import tomli_w
 
 from lvsfw import Bundle, Cluster, Director, config
+from lvsfw.backends.base import ServiceHalf
 from lvsfw.backends.kaconf import HEADER
 from lvsfw.backends.karun import KeepalivedRuntime, default_pid_file
 from lvsfw.errors import CommandFailed, ConflictError
@@ -95,9 +96,11 @@ def runtime(ns: Netns, tmp: Path, **fields: Any) -> KeepalivedRuntime:
                              pid_file=str(tmp / "keepalived.pid"), **fields)  # fmt: skip
 
 
-def director(ns: Netns, tmp: Path, half: KeepalivedRuntime) -> Director:
+def director(ns: Netns, tmp: Path, half: ServiceHalf, ipvsadm: str = "ipvsadm") -> Director:
+    """An nftables Director in ``ns`` running ``half``, its state and lock under ``tmp``
+    (``ipvsadm``: what removes services a state file says ipvsadm made)."""
     return Director("nftables", half, ns.name, state_file=str(tmp / "state.json"),
-                    lock_dir=str(tmp))  # fmt: skip
+                    lock_dir=str(tmp), ipvsadm=ipvsadm)  # fmt: skip
 
 
 def marks(ns: Netns) -> str:

@@ -14,18 +14,25 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Union
 
 import pytest
 
-from lvsfw import Director
 from lvsfw.backends.ipvs import Ipvs
 from lvsfw.backends.kaconf import HEADER
 from lvsfw.backends.karun import KeepalivedRuntime
 from lvsfw.errors import ConflictError
 from tests import fake_ipvsadm
 from tests.test_director import Netns
-from tests.test_karun import DNS, WEB, lvsfw, marks, runtime, vrrp_ns, write_config
+from tests.test_karun import (
+    DNS,
+    WEB,
+    director,
+    lvsfw,
+    marks,
+    runtime,
+    vrrp_ns,
+    write_config,
+)
 
 __all__ = ["vrrp_ns"]  # the fixture, used by name
 
@@ -37,11 +44,6 @@ def ipvsadm_double(tmp: Path) -> str:
     wrapper = fake_ipvsadm.install(tmp / "ipvs")
     subprocess.run([str(wrapper), *FOREIGN], check=True)
     return str(wrapper)
-
-
-def director(ns: Netns, tmp: Path, half: Union[Ipvs, KeepalivedRuntime], ipvsadm: str) -> Director:
-    return Director("nftables", half, ns.name, state_file=str(tmp / "state.json"),
-                    lock_dir=str(tmp), ipvsadm=ipvsadm)  # fmt: skip
 
 
 def recorded(tmp: Path) -> dict[str, object]:

@@ -208,12 +208,12 @@ class Nftables(PacketFilter):
                     return self._written[1]
             live = self._live(ctx)
             if now is not None and self.cache_path is not None:
-                self._record_read(live, now, self.cache_path)
+                self._record_read(live, now)
             return live
 
         return self._in_netns(work)
 
-    def _record_read(self, live: LiveState, read_at: Generation, path: str) -> None:
+    def _record_read(self, live: LiveState, read_at: Generation) -> None:
         """After a full read on the fast path (someone else's commit moved the generation),
         record the table for later processes, as a commit does. Only when nothing was
         committed while it was listed and it is exactly what lvsfw writes for its rules:
@@ -225,12 +225,8 @@ class Nftables(PacketFilter):
         target = Target.of(live.rules, live.names)
         if target.rules != live.rules or target.chains != live.chains:
             return
-        if target.content != live.content:
-            return
-        key = nftcache.key_of(read_at)
-        if key is not None:
-            self._written = (read_at, written(target))
-            nftcache.save(path, key, target)
+        if target.content == live.content:
+            self._remember(read_at, target)
 
     def snapshot(self, live: Optional[Live] = None) -> Specification:
         """The live rules with their bundle names (element comments) as owners, a
@@ -296,10 +292,10 @@ class Nftables(PacketFilter):
         return None if both is None else Change(*both, target)
 
     @staticmethod
-    def _restore(live: LiveState) -> Json:
+    def _restore(live: LiveState) -> Union[Json, str]:
         if not live.exists:
             return {"nftables": [{"delete": TABLE_OBJ}]}
-        return full_table(Target.of(live.rules, live.owners()), True)
+        return full_table_text(Target.of(live.rules, live.owners()), True)
 
     def check(self, change: Change_) -> None:
         """Have libnftables and the kernel validate ``change`` (nothing is committed)."""
@@ -332,13 +328,18 @@ class Nftables(PacketFilter):
             if before is None or after is None or after != (before[0], before[1] + 1):
                 return
             if mine.target is not None:
-                self._written = (after, written(mine.target))
-                key = nftcache.key_of(after)
-                if self.cache_path is not None and key is not None:
-                    nftcache.save(self.cache_path, key, mine.target)
+                self._remember(after, mine.target)
 
         self._in_netns(work)
         self.last_transaction = mine.forward
+
+    def _remember(self, at: Generation, target: Target) -> None:
+        """The table holds ``target`` at generation ``at``: kept for :meth:`observe` here
+        and, with :attr:`cache_path`, recorded for later processes."""
+        self._written = (at, written(target))
+        key = nftcache.key_of(at)
+        if self.cache_path is not None and key is not None:
+            nftcache.save(self.cache_path, key, target)
 
     def plan(self, spec: Specification) -> Optional[Union[Json, str]]:
         """The transaction :meth:`apply` would send now (None: nothing to write; a ``str``:
@@ -348,7 +349,7 @@ class Nftables(PacketFilter):
 
     def validate(self, spec: Specification) -> None:
         """Have libnftables and the kernel validate replacing the table by ``spec`` (dry run)."""
-        self.check(Change(self.render_json(spec, replace=True), {}, None))
+        self.check(Change(full_table_text(Target.of(spec.rules, spec.owners), True), {}, None))
 
     def apply(self, spec: Specification) -> None:
         """Make the table equal ``spec`` in one transaction: only the difference, or nothing."""
