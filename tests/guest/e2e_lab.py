@@ -282,6 +282,23 @@ class Built:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    #: The namespaces :meth:`build` created, in order (each lab's ``__init__`` sets it).
+    created: list[str]
+
+    def delete_created(self) -> None:
+        """Delete the namespaces :meth:`build` created, newest first, in one ``ip -force
+        -batch`` (best effort: a close must get through a half-built lab)."""
+        if self.created:
+            lines = [f"netns del {ns}" for ns in reversed(self.created)]
+            subprocess.run(
+                [IP, "-force", "-batch", "-"],
+                input="\n".join(lines) + "\n",
+                text=True,
+                capture_output=True,
+                check=False,
+            )
+        self.created.clear()
+
 
 class Lab(Built):
     """The four namespaces, links, addresses and name servers (see the module docstring)."""
@@ -367,16 +384,7 @@ class Lab(Built):
         if self.names is not None:
             self.names.close()
             self.names = None
-        if self.created:
-            lines = [f"netns del {ns}" for ns in reversed(self.created)]
-            subprocess.run(
-                [IP, "-force", "-batch", "-"],
-                input="\n".join(lines) + "\n",
-                text=True,
-                capture_output=True,
-                check=False,
-            )
-        self.created.clear()
+        self.delete_created()
 
     # ---- probing -------------------------------------------------------------------------
 

@@ -320,13 +320,4 @@ class HaLab(Built):
             self.stop_server(name)
         for ns in self.created:
             shutil.rmtree(f"/run/keepalived/{ns}", ignore_errors=True)
-        if self.created:
-            lines = [f"netns del {ns}" for ns in reversed(self.created)]
-            subprocess.run(
-                [IP, "-force", "-batch", "-"],
-                input="\n".join(lines) + "\n",
-                text=True,
-                capture_output=True,
-                check=False,
-            )
-        self.created.clear()
+        self.delete_created()
