@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, Optional
+
+from ansible.module_utils.basic import AnsibleModule
 
 try:
     import tomli_w
@@ -162,6 +165,19 @@ def require_lvsfw(module: Any) -> None:
             " ansible_python_interpreter to the python of lvsfw's virtualenv",
             exception=LVSFW_IMPORT_ERROR,
         )
+
+
+def run_module(run: Callable[[AnsibleModule], dict[str, Any]], **spec: Any) -> None:
+    """A module's whole entry point: an :class:`AnsibleModule` taking ``spec`` (check mode
+    supported, ``config`` and ``bundles`` mutually exclusive), lvsfw required, the task's
+    result ``run(module)``; any failure is one line in ``msg`` (:func:`fail_on_error`)."""
+    module = AnsibleModule(mutually_exclusive=MUTUALLY_EXCLUSIVE, supports_check_mode=True, **spec)
+    require_lvsfw(module)
+    try:
+        result = run(module)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line in msg
+        fail_on_error(module, exc)
+    module.exit_json(**result)
 
 
 def drift_json(report: Any) -> list[dict[str, str]]:

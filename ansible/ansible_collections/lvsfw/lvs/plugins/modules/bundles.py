@@ -245,18 +245,11 @@ def run(module: AnsibleModule) -> dict[str, Any]:
 
 def main() -> None:
     """The module's entry point."""
-    module = AnsibleModule(
+    common.run_module(
+        run,
         argument_spec=_argument_spec(),
-        mutually_exclusive=common.MUTUALLY_EXCLUSIVE,
         required_if=[("state", "present", ("config", "bundles"), True)],
-        supports_check_mode=True,
     )
-    common.require_lvsfw(module)
-    try:
-        result = run(module)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line in msg
-        common.fail_on_error(module, exc)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -156,18 +156,11 @@ def run(module: AnsibleModule) -> dict[str, Any]:
 
 def main() -> None:
     """The module's entry point."""
-    module = AnsibleModule(
+    common.run_module(
+        run,
         argument_spec=dict(common.COMMON_OPTIONS),
-        mutually_exclusive=common.MUTUALLY_EXCLUSIVE,
         required_one_of=[("config", "bundles")],
-        supports_check_mode=True,
     )
-    common.require_lvsfw(module)
-    try:
-        result = run(module)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line in msg
-        common.fail_on_error(module, exc)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":
