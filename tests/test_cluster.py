@@ -4,6 +4,7 @@ keepalived.conf of each node rendered, and every one accepted by the real ``keep
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -136,10 +137,19 @@ def test_toml_cluster_and_render_node(tmp_path: Path) -> None:
 # -- the real keepalived -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def vrrp_ns() -> Iterator[Netns]:
-    """A namespace with the VRRP interface ``eth0`` (keepalived checks that it exists)."""
+def need_keepalived() -> None:
+    """Fail (under LVSFW_REQUIRE_KERNEL) or skip when keepalived is not installed."""
+    if shutil.which("keepalived", path="/usr/sbin:/sbin:/usr/bin") is None:
+        require_kernel("keepalived is not installed (./scripts/bootstrap installs it)")
+        pytest.skip("keepalived is not installed")
+
+
+@contextlib.contextmanager
+def vrrp_netns() -> Iterator[Netns]:
+    """A throwaway namespace with the VRRP interface ``eth0`` (keepalived checks that it
+    exists), removed on exit."""
     kernel_ready()
+    need_keepalived()
     ns = Netns()
     try:
         ns.exec("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
@@ -149,10 +159,15 @@ def vrrp_ns() -> Iterator[Netns]:
         ns.close()
 
 
+@pytest.fixture(scope="module")
+def vrrp_ns() -> Iterator[Netns]:
+    """:func:`vrrp_netns`, one for the module."""
+    with vrrp_netns() as ns:
+        yield ns
+
+
 def config_test(ns: Netns, path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("keepalived", path="/usr/sbin:/sbin:/usr/bin") is None:
-        require_kernel("keepalived is not installed (./scripts/bootstrap installs it)")
-        pytest.skip("keepalived is not installed")
+    need_keepalived()
     path.write_text(text, encoding="utf-8")
     argv = ["ip", "netns", "exec", ns.name, "keepalived", "--config-test", "-f", str(path)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

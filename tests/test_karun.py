@@ -30,8 +30,8 @@ from lvsfw.backends.karun import KeepalivedRuntime, default_pid_file
 from lvsfw.errors import CommandFailed, ConflictError
 from lvsfw.rules import specify
 from tests import fake_ipvsadm
-from tests.netlab import require_kernel
-from tests.test_director import Netns, kernel_ready
+from tests.test_cluster import vrrp_netns
+from tests.test_director import Netns
 
 LVSFW = Path(sys.executable).parent / "lvsfw"
 PAIR = {
@@ -51,18 +51,9 @@ DNS = Bundle("dns", ["192.0.2.53"], "tcp:53 udp:53", 53, real_servers=["10.0.0.2
 
 @pytest.fixture
 def vrrp_ns() -> Iterator[Netns]:
-    """A namespace with the VRRP interface ``eth0``."""
-    kernel_ready()
-    if shutil.which("keepalived", path="/usr/sbin:/sbin:/usr/bin") is None:
-        require_kernel("keepalived is not installed (./scripts/bootstrap installs it)")
-        pytest.skip("keepalived is not installed")
-    ns = Netns()
-    try:
-        ns.exec("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        ns.exec("ip", "link", "set", "eth0", "up")
+    """A namespace with the VRRP interface ``eth0``, one per test."""
+    with vrrp_netns() as ns:
         yield ns
-    finally:
-        ns.close()
 
 
 class FakeDaemon:
