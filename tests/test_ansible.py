@@ -29,6 +29,7 @@ import tomli_w
 from lvsfw import config
 from tests import fake_ipvsadm
 from tests.netlab import LabError, ensure_kernel, require_kernel, run
+from tests.test_director import FOREIGN_NFT
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / "ansible"
@@ -77,14 +78,6 @@ WEB_TABLES: list[dict[str, Any]] = [
 ]
 BROKEN_TABLES = [{"name": "web", "vips": "192.0.2.10", "ports": "tcp:99999", "mark": 80}]
 BROKEN_TOML = '[[bundle]]\nname = "web"\nvips = "192.0.2.10"\nports = "tcp:80"\nmark = "x"\n'
-FOREIGN_NFT = """\
-table inet foreign {
-\tchain pre {
-\t\ttype filter hook prerouting priority mangle - 5; policy accept;
-\t\tip saddr 198.51.100.7 meta mark set 0x99
-\t}
-}
-"""
 
 
 def tool(name: str) -> Path:

@@ -5,7 +5,6 @@ create and delete; no timing is asserted anywhere."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lvsfw.backends import iptrecord
 from lvsfw.conflicts import check_bundles
 from lvsfw.model import VirtualService
 from lvsfw.rules import Memo, specify
-from tests.netlab import ensure_kernel, run, xtables_tools
+from tests.netlab import empty_netns, run, xtables_tools
 
 
 def _conflict(bundles: list[Bundle]) -> str:
@@ -179,14 +178,9 @@ def test_headers_of_a_terse_listing() -> None:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    ensure_kernel(("ipset", *xtables_tools("legacy")))
-    name = f"lvsfw-t-{secrets.token_hex(4)}"
-    run(["ip", "netns", "add", name])
-    try:
+    with empty_netns(("ipset", *xtables_tools("legacy"))) as name:
         run(["ip", "-n", name, "link", "set", "lo", "up"])
         yield name
-    finally:
-        run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.mark.kernel
