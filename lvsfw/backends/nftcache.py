@@ -49,7 +49,7 @@ from lvsfw.backends.nftgen import Generation
 from lvsfw.backends.nftsyntax import FULL, note, paused_gc
 from lvsfw.enums import Family, IPAddress, Protocol
 from lvsfw.files import write_atomic
-from lvsfw.rules import MarkRule, Normalized
+from lvsfw.rules import RULE_FIELDS, MarkRule, Normalized, rule_row
 
 FORMAT = "lvsfw-nft-cache"
 VERSION = 1
@@ -94,11 +94,9 @@ def discard(path: str) -> None:
         os.unlink(path)
 
 
-#: A rule's row, field by field (``vip._ip``: the address as an int, read without a
-#: Python-level call).
-_FIELDS = ("family._value_", "vip._ip", "protocol._value_", "first_port", "last_port", "mark",
-           "mask")  # fmt: skip
-_ROW = operator.attrgetter(*_FIELDS)
+#: A rule's row, field by field (:data:`lvsfw.rules.RULE_FIELDS`).
+_FIELDS = RULE_FIELDS
+_ROW = rule_row
 _COLUMNS = tuple(map(operator.attrgetter, _FIELDS))
 _VERSION = operator.attrgetter("family._value_", "vip._version")
 
